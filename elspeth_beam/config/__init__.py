@@ -1,0 +1,1 @@
+"""Settings: YAML → validated, frozen pydantic models → a checked node graph."""

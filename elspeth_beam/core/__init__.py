@@ -1,0 +1,1 @@
+"""Contracts shared by every layer: canonical hashing, ids, tokens, audit events."""

@@ -1,0 +1,58 @@
+"""Status vocabularies of the audit model (DESIGN §4)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class NodeType(StrEnum):
+    SOURCE = "source"
+    TRANSFORM = "transform"
+    GATE = "gate"
+    AGGREGATION = "aggregation"
+    SINK = "sink"
+
+
+class NodeStateStatus(StrEnum):
+    OPEN = "open"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class BatchStatus(StrEnum):
+    DRAFT = "draft"
+    EXECUTING = "executing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class TriggerType(StrEnum):
+    COUNT = "count"
+    END_OF_SOURCE = "end_of_source"
+    TIMEOUT = "timeout"
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+class Outcome(StrEnum):
+    COMPLETED = "completed"
+    ROUTED = "routed"
+    FORKED = "forked"
+    CONSUMED_IN_BATCH = "consumed_in_batch"
+    QUARANTINED = "quarantined"
+    FAILED = "failed"
+    BUFFERED = "buffered"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self is not Outcome.BUFFERED
+
+
+# Statuses only move forward: a replayed or late event never moves one back.
+NODE_STATE_RANK = {NodeStateStatus.OPEN: 0, NodeStateStatus.COMPLETED: 1, NodeStateStatus.FAILED: 1}
+BATCH_RANK = {BatchStatus.DRAFT: 0, BatchStatus.EXECUTING: 1, BatchStatus.COMPLETED: 2, BatchStatus.FAILED: 2}

@@ -1,0 +1,39 @@
+"""Specific exceptions, each telling the user what to fix."""
+
+from __future__ import annotations
+
+
+class ElspethError(Exception):
+    """Base class of every error elspeth_beam raises on purpose."""
+
+
+class CanonicalizationError(ElspethError, ValueError):
+    """A value has no canonical JSON form (NaN, ±Infinity, an unsupported type)."""
+
+
+class SettingsError(ElspethError):
+    """The pipeline settings are invalid; ``problems`` are 'yaml.path: message' lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid settings:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class PluginError(ElspethError):
+    """A plugin cannot be found or configured."""
+
+
+class ExpressionError(ElspethError, ValueError):
+    """A gate or computed-field expression is not allowed or cannot be evaluated."""
+
+
+class RowError(ElspethError):
+    """A row cannot be processed by a plugin (bad value, missing field); it is quarantined."""
+
+
+class LandscapeError(ElspethError):
+    """The audit database is missing, unreachable or inconsistent."""
+
+
+class RunNotFoundError(LandscapeError):
+    """No run with the requested id exists in the Landscape."""

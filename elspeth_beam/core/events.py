@@ -1,0 +1,143 @@
+"""Audit events: what audited DoFns emit on the ``audit`` tag (a discriminated union).
+
+Each event maps to one Landscape row keyed by a deterministic id, so the writer can apply
+events in any order, any number of times, and reach the same database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from elspeth_beam.core.enums import BatchStatus, NodeStateStatus, Outcome, TriggerType
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    run_id: str
+
+
+class RowRecorded(_Event):
+    kind: Literal["row"] = "row"
+    row_id: str
+    source_node_id: str
+    row_index: int
+    source_data_hash: str
+    payload_json: str | None = None  # the row as read (or the raw text if it did not parse)
+
+
+class TokenCreated(_Event):
+    kind: Literal["token"] = "token"
+    token_id: str
+    row_id: str
+    created_at_node: str
+    branch_name: str | None = None
+    parent_ids: tuple[str, ...] = ()
+    created_at: str = Field(default_factory=utc_now)
+
+
+class NodeStateRecorded(_Event):
+    kind: Literal["node_state"] = "node_state"
+    state_id: str
+    node_id: str
+    token_id: str | None = None
+    batch_id: str | None = None
+    attempt: int = 1
+    status: NodeStateStatus
+    input_hash: str | None = None
+    output_hash: str | None = None
+    duration_ms: float | None = None
+    error_json: str | None = None
+    started_at: str
+    completed_at: str | None = None
+
+
+class RoutingRecorded(_Event):
+    kind: Literal["routing"] = "routing"
+    routing_id: str
+    state_id: str
+    route_label: str
+    destination: str
+    mode: Literal["move", "copy"]
+    reason_hash: str
+
+
+class OutcomeRecorded(_Event):
+    kind: Literal["outcome"] = "outcome"
+    outcome_id: str
+    token_id: str
+    outcome: Outcome
+    node_id: str
+    sink_name: str | None = None
+    error_json: str | None = None
+    artifact_id: str | None = None
+    artifact_row: int | None = None
+    token_json: str | None = None  # full TokenInfo for `buffered`: the resume checkpoint
+    recorded_at: str = Field(default_factory=utc_now)
+
+
+class BatchRecorded(_Event):
+    kind: Literal["batch"] = "batch"
+    batch_id: str
+    node_id: str
+    key: str
+    sequence: int
+    attempt: int = 1
+    status: BatchStatus
+    trigger_type: TriggerType | None = None
+    trigger_reason: str | None = None
+    aggregation_state_id: str | None = None
+    retry_of_batch_id: str | None = None
+    created_at: str = Field(default_factory=utc_now)
+    completed_at: str | None = None
+
+
+class BatchMemberRecorded(_Event):
+    kind: Literal["batch_member"] = "batch_member"
+    batch_id: str
+    token_id: str
+    ordinal: int
+
+
+class BatchOutputRecorded(_Event):
+    kind: Literal["batch_output"] = "batch_output"
+    batch_id: str
+    token_id: str
+    ordinal: int
+
+
+class ArtifactRecorded(_Event):
+    kind: Literal["artifact"] = "artifact"
+    artifact_id: str
+    sink_node_id: str
+    path: str
+    content_hash: str
+    size_bytes: int
+    row_count: int
+    artifact_kind: Literal["part", "merged"] = "part"
+    created_at: str = Field(default_factory=utc_now)
+
+
+AuditEvent = Annotated[
+    Union[
+        RowRecorded,
+        TokenCreated,
+        NodeStateRecorded,
+        RoutingRecorded,
+        OutcomeRecorded,
+        BatchRecorded,
+        BatchMemberRecorded,
+        BatchOutputRecorded,
+        ArtifactRecorded,
+    ],
+    Field(discriminator="kind"),
+]
+
+AUDIT_EVENT_ADAPTER: TypeAdapter[AuditEvent] = TypeAdapter(AuditEvent)
+AUDIT_EVENTS_ADAPTER: TypeAdapter[list[AuditEvent]] = TypeAdapter(list[AuditEvent])

@@ -1,0 +1,115 @@
+"""TokenInfo — one instance of a source row on one path — and its deterministic Beam coder.
+
+A token carries everything needed to continue processing and to record lineage, so a
+runner checkpoint (or our own resume) that restores tokens restores full lineage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from apache_beam import coders
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from elspeth_beam.core.errors import CanonicalizationError
+
+JSONValue = Any  # str | int | float | bool | None | list | dict of those
+
+
+def _check_json_native(value: Any, path: str) -> None:
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise CanonicalizationError(
+                f"field {path!r} is {value!r}: NaN/Infinity has no canonical form; "
+                "clean the value or map it to null"
+            )
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise CanonicalizationError(f"field {path!r} has a non-string key {k!r}")
+            _check_json_native(v, f"{path}.{k}")
+        return
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_json_native(v, f"{path}[{i}]")
+        return
+    raise CanonicalizationError(
+        f"field {path!r} holds a {type(value).__name__}; row values must be JSON types "
+        "(str, int, float, bool, null, list, object)"
+    )
+
+
+class TokenInfo(BaseModel):
+    """A row instance travelling one path through the graph (frozen, JSON-native data)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str
+    row_id: str
+    token_id: str
+    row_index: int
+    parent_ids: tuple[str, ...] = ()
+    branch: str | None = None
+    row: dict[str, JSONValue]
+
+    @field_validator("row")
+    @classmethod
+    def _json_native(cls, row: dict[str, Any]) -> dict[str, Any]:
+        for key, value in row.items():
+            _check_json_native(value, key)
+        return row
+
+    def with_row(self, row: dict[str, Any]) -> "TokenInfo":
+        """The same token carrying new data (validated: NaN etc. are rejected here)."""
+        return TokenInfo(**{**self.__dict__, "row": row})
+
+    def to_json_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "run_id": self.run_id,
+                "row_id": self.row_id,
+                "token_id": self.token_id,
+                "row_index": self.row_index,
+                "parent_ids": list(self.parent_ids),
+                "branch": self.branch,
+                "row": self.row,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+        ).encode("utf-8")
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes) -> "TokenInfo":
+        return cls.model_validate_json(data)
+
+
+class TokenInfoCoder(coders.Coder):
+    """Deterministic coder: sorted-key compact JSON (keeps int vs float; never pickle)."""
+
+    def encode(self, value: TokenInfo) -> bytes:
+        return value.to_json_bytes()
+
+    def decode(self, encoded: bytes) -> TokenInfo:
+        return TokenInfo.from_json_bytes(encoded)
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def to_type_hint(self):
+        return TokenInfo
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+
+coders.registry.register_coder(TokenInfo, TokenInfoCoder)

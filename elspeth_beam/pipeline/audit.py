@@ -1,0 +1,192 @@
+"""The one audited execution mechanism every node kind uses.
+
+``AuditedDoFn.execute`` runs a unit of work (a plugin call on a token, or a flush on a
+batch) and records its node_state — input hash, output hash, duration, attempt, status,
+error — so no node kind can bypass the audit. Events are buffered and emitted as lists on
+the ``audit`` tag (one Beam element per bundle rather than per event): a failed bundle's
+events are discarded with it, a committed bundle's events reach the Landscape writer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+from elspeth_beam.core import ids
+from elspeth_beam.core.canonical import stable_hash
+from elspeth_beam.core.enums import NodeStateStatus, Outcome
+from elspeth_beam.core.events import AuditEvent, NodeStateRecorded, OutcomeRecorded, TokenCreated, utc_now
+from elspeth_beam.core.tokens import TokenInfo
+
+AUDIT_TAG = "audit"
+ERROR_TAG = "error"
+_EMIT_EVERY = 5000  # events per audit element: bounds memory on huge bundles
+
+
+def out_tag(destination: str) -> str:
+    return f"out:{destination}"
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """What an audited DoFn needs to know about its node (small, picklable)."""
+
+    run_id: str
+    node_id: str
+    on_error: str  # 'fail' | 'quarantine' | a sink name
+
+
+@dataclass(frozen=True)
+class StepResult:
+    state_id: str
+    output: Any = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def error_info(exc: BaseException, node_id: str) -> dict[str, Any]:
+    """error_json content: type, message, and a short traceback summary (last frames)."""
+    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "node_id": node_id,
+        "traceback": [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" for f in frames],
+    }
+
+
+def _json(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, default=str)
+
+
+class AuditedDoFn(beam.DoFn):
+    """Base of every audited node DoFn: per-bundle audit buffer + the audited executor."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self._audit: list[AuditEvent] = []
+
+    # ---- audit buffer -------------------------------------------------------------------
+
+    def start_bundle(self) -> None:
+        self._audit = []
+
+    def record(self, event: AuditEvent) -> None:
+        self._audit.append(event)
+
+    def audit_if_full(self) -> Iterator[TaggedOutput]:
+        if len(self._audit) >= _EMIT_EVERY:
+            events, self._audit = self._audit, []
+            yield TaggedOutput(AUDIT_TAG, events)
+
+    def finish_bundle(self) -> Iterator[TaggedOutput]:
+        if self._audit:
+            events, self._audit = self._audit, []
+            yield TaggedOutput(AUDIT_TAG, WindowedValue(events, MIN_TIMESTAMP, [GlobalWindow()]))
+
+    # ---- the audited executor -----------------------------------------------------------
+
+    def execute(
+        self,
+        *,
+        inputs: Any,
+        work: Callable[[], Any],
+        token_id: str | None = None,
+        batch_id: str | None = None,
+        attempt: int = 1,
+        hash_output: Callable[[Any], Any] = lambda out: out,
+    ) -> StepResult:
+        """Run ``work`` as one node_state of this node on a token (or a batch's flush).
+
+        The state is always closed: completed with an output hash, or failed with the error.
+        """
+        subject = token_id or batch_id
+        assert subject is not None, "a node_state belongs to a token or a batch"
+        state_id = ids.state_id(subject, self.ctx.node_id, attempt)
+        started_at = utc_now()
+        t0 = time.perf_counter()
+        output_hash: str | None = None
+        error: dict[str, Any] | None = None
+        output: Any = None
+        try:
+            input_hash = stable_hash(inputs)
+            output = work()
+            output_hash = stable_hash(hash_output(output))
+        except Exception as exc:  # a plugin's failure is data for the audit, not a crash
+            error = error_info(exc, self.ctx.node_id)
+            input_hash = _safe_hash(inputs)
+        self.record_state(
+            state_id=state_id,
+            token_id=token_id,
+            batch_id=batch_id,
+            attempt=attempt,
+            status=NodeStateStatus.FAILED if error else NodeStateStatus.COMPLETED,
+            input_hash=input_hash,
+            output_hash=output_hash,
+            duration_ms=(time.perf_counter() - t0) * 1000.0,
+            error_json=_json(error),
+            started_at=started_at,
+        )
+        return StepResult(state_id, None if error else output, error)
+
+    def record_state(self, **fields: Any) -> None:
+        """Record a closed node_state of this node (``execute`` and multi-token writers)."""
+        self.record(
+            NodeStateRecorded(run_id=self.ctx.run_id, node_id=self.ctx.node_id, completed_at=utc_now(), **fields)
+        )
+
+    # ---- tokens and outcomes ------------------------------------------------------------
+
+    def record_token(self, token: TokenInfo) -> None:
+        self.record(
+            TokenCreated(
+                run_id=token.run_id,
+                token_id=token.token_id,
+                row_id=token.row_id,
+                created_at_node=self.ctx.node_id,
+                branch_name=token.branch,
+                parent_ids=token.parent_ids,
+            )
+        )
+
+    def record_outcome(self, token: TokenInfo, outcome: Outcome, **fields: Any) -> None:
+        self.record(
+            OutcomeRecorded(
+                run_id=token.run_id,
+                outcome_id=ids.outcome_id(token.token_id, outcome.value, self.ctx.node_id),
+                token_id=token.token_id,
+                outcome=outcome,
+                node_id=self.ctx.node_id,
+                **fields,
+            )
+        )
+
+    def divert(self, token: TokenInfo, error: dict[str, Any]) -> Iterator[TaggedOutput]:
+        """Send a token whose step failed where the node's ``on_error`` says."""
+        if self.ctx.on_error == "fail":
+            self.record_outcome(token, Outcome.FAILED, error_json=_json(error))
+        elif self.ctx.on_error == "quarantine":
+            self.record_outcome(token, Outcome.QUARANTINED, error_json=_json(error))
+        else:  # an error sink records `quarantined` once the row is durably written
+            yield TaggedOutput(ERROR_TAG, (token, error))
+
+
+def _safe_hash(inputs: Any) -> str | None:
+    try:
+        return stable_hash(inputs)
+    except Exception:
+        return None

@@ -1,0 +1,98 @@
+"""Wire the settings graph into a Beam pipeline.
+
+Every node is applied in topological order; its ``out:<destination>`` outputs feed the
+connection or sink they name, its ``error`` output feeds its error sink, and its ``audit``
+output joins the one Landscape writer. Node kinds differ only in the PTransform built by
+``node_transform`` — adding a kind touches nothing else here.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.pvalue import PCollection
+
+from elspeth_beam.config.graph import NodeSpec, PipelineGraph
+from elspeth_beam.config.loader import LoadedPipeline
+from elspeth_beam.core.enums import NodeType, Outcome
+from elspeth_beam.pipeline.audit import AUDIT_TAG, ERROR_TAG, NodeContext, out_tag
+from elspeth_beam.pipeline.gate import GateDoFn
+from elspeth_beam.pipeline.landscape_sink import WriteLandscape
+from elspeth_beam.pipeline.sink import SinkDoFn
+from elspeth_beam.pipeline.source import ReadSource
+from elspeth_beam.pipeline.transform import TransformDoFn
+
+
+@dataclass
+class BuiltPipeline:
+    audit: PCollection  # lists of audit events, flattened from every node (tap it in tests)
+
+
+def _node_transform(node: NodeSpec, ctx: NodeContext, tags: list[str]) -> beam.PTransform:
+    if node.node_type is NodeType.TRANSFORM:
+        return beam.ParDo(TransformDoFn(ctx, node.settings)).with_outputs(*tags)  # type: ignore[arg-type]
+    if node.node_type is NodeType.GATE:
+        return beam.ParDo(GateDoFn(ctx, node.settings)).with_outputs(*tags)  # type: ignore[arg-type]
+    if node.node_type is NodeType.AGGREGATION:
+        from elspeth_beam.pipeline.aggregation import Aggregate
+
+        return Aggregate(ctx, node.settings, tags)  # type: ignore[arg-type]
+    raise ValueError(f"no Beam transform for node type {node.node_type}")
+
+
+def _arrival(node: NodeSpec) -> Outcome:
+    """The outcome a token earns when a node's success output lands in a sink."""
+    return Outcome.ROUTED if node.node_type is NodeType.GATE else Outcome.COMPLETED
+
+
+def _to_sink_item(outcome: Outcome) -> Callable:
+    value = outcome.value
+    return lambda token: (value, token, None)
+
+
+def _error_to_sink_item(pair):
+    token, error = pair
+    return (Outcome.QUARANTINED.value, token, error)
+
+
+def apply_graph(pipeline: beam.Pipeline, loaded: LoadedPipeline, run_id: str) -> BuiltPipeline:
+    graph: PipelineGraph = loaded.graph
+    connections: dict[str, list[PCollection]] = defaultdict(list)
+    sink_inputs: dict[str, list[PCollection]] = defaultdict(list)
+    audits: list[PCollection] = []
+
+    for node in graph.nodes:
+        ctx = NodeContext(run_id=run_id, node_id=node.node_id, on_error=node.on_error)
+        label = node.node_id.replace(":", " ")
+        if node.node_type is NodeType.SINK:
+            inputs = sink_inputs[node.name]
+            merged = inputs[0] if len(inputs) == 1 else inputs | f"{label} inputs" >> beam.Flatten()
+            written = merged | label >> beam.ParDo(SinkDoFn(ctx, node.name, node.settings)).with_outputs(AUDIT_TAG)
+            audits.append(written[AUDIT_TAG])
+            continue
+
+        tags = [AUDIT_TAG, ERROR_TAG, *(out_tag(d) for d in node.destinations)]
+        if node.node_type is NodeType.SOURCE:
+            outputs = pipeline | label >> ReadSource(ctx, node.settings, tags)  # type: ignore[arg-type]
+        else:
+            upstream = connections[node.input]  # type: ignore[index]
+            pcoll = upstream[0] if len(upstream) == 1 else upstream | f"{label} inputs" >> beam.Flatten()
+            outputs = pcoll | label >> _node_transform(node, ctx, tags)
+
+        audits.append(outputs[AUDIT_TAG])
+        for dest in node.destinations:
+            stream = outputs[out_tag(dest)]
+            if graph.is_sink(dest):
+                sink_inputs[dest].append(stream | f"{label} to {dest}" >> beam.Map(_to_sink_item(_arrival(node))))
+            else:
+                connections[dest].append(stream)
+        if node.error_sink:
+            errors = outputs[ERROR_TAG] | f"{label} errors to {node.error_sink}" >> beam.Map(_error_to_sink_item)
+            sink_inputs[node.error_sink].append(errors)
+
+    audit = audits | "Audit streams" >> beam.Flatten()
+    audit | "WriteLandscape" >> WriteLandscape(loaded.settings.landscape.url)
+    return BuiltPipeline(audit=audit)

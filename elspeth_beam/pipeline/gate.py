@@ -1,0 +1,86 @@
+"""Gate node: evaluate a safe condition, then continue, route to a sink, or fork.
+
+Each decision is a node_state plus one routing event per destination. A fork ends the parent
+token (outcome ``forked``) and mints one child token per destination with a parent link.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+
+from elspeth_beam.config.settings import GateSettings
+from elspeth_beam.core import ids
+from elspeth_beam.core.canonical import stable_hash
+from elspeth_beam.core.enums import Outcome
+from elspeth_beam.core.errors import RowError
+from elspeth_beam.core.events import RoutingRecorded
+from elspeth_beam.core.tokens import TokenInfo
+from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag
+from elspeth_beam.plugins.expressions import Expression
+
+
+def route_label(value: Any) -> str:
+    """Booleans route as 'true'/'false' (YAML keys); other values by their string form."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+class GateDoFn(AuditedDoFn):
+    def __init__(self, ctx: NodeContext, settings: GateSettings) -> None:
+        super().__init__(ctx)
+        self.settings = settings
+        self.routes = {label: [d] if isinstance(d, str) else list(d) for label, d in settings.routes.items()}
+
+    def setup(self) -> None:
+        self.condition = Expression(self.settings.condition)
+
+    def _decide(self, token: TokenInfo) -> dict[str, Any]:
+        value = self.condition.evaluate(token.row)
+        label = route_label(value)
+        if label not in self.routes:
+            raise RowError(
+                f"condition {self.settings.condition!r} gave {label!r}, which has no route "
+                f"(routes: {', '.join(self.routes)})"
+            )
+        return {"route": label, "destinations": self.routes[label], "value": label}
+
+    def process(self, token: TokenInfo) -> Iterator[Any]:
+        step = self.execute(token_id=token.token_id, inputs=token.row, work=lambda: self._decide(token))
+        if not step.ok:
+            yield from self.divert(token, step.error)
+            return
+        decision = step.output
+        destinations: list[str] = decision["destinations"]
+        reason_hash = stable_hash({"condition": self.settings.condition, "value": decision["value"]})
+        mode = "move" if len(destinations) == 1 else "copy"
+        for dest in destinations:
+            self.record(
+                RoutingRecorded(
+                    run_id=token.run_id,
+                    routing_id=ids.routing_id(step.state_id, dest),
+                    state_id=step.state_id,
+                    route_label=decision["route"],
+                    destination=dest,
+                    mode=mode,
+                    reason_hash=reason_hash,
+                )
+            )
+        if mode == "move":
+            yield beam.pvalue.TaggedOutput(out_tag(destinations[0]), token)
+        else:
+            self.record_outcome(token, Outcome.FORKED)
+            for ordinal, dest in enumerate(destinations):
+                child = TokenInfo(
+                    run_id=token.run_id,
+                    row_id=token.row_id,
+                    token_id=ids.token_id([token.token_id], self.ctx.node_id, ordinal),
+                    row_index=token.row_index,
+                    parent_ids=(token.token_id,),
+                    branch=dest,
+                    row=token.row,
+                )
+                self.record_token(child)
+                yield beam.pvalue.TaggedOutput(out_tag(dest), child)
+        yield from self.audit_if_full()

@@ -1,0 +1,137 @@
+"""Sink node: write each bundle's rows as one durable part file, then record them.
+
+Outcomes (``completed``, ``routed``, ``quarantined``) and the part's artifact are emitted
+only after the part is fsynced and atomically renamed into place, so the Landscape never
+claims a row is written that is not. The part's name derives from its token ids: a replayed
+bundle rewrites the same part. When the run ends, ``merge_sink`` joins the recorded parts
+into the file the user configured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from elspeth_beam.config.settings import SinkSettings
+from elspeth_beam.core import ids
+from elspeth_beam.core.canonical import stable_hash
+from elspeth_beam.core.enums import NodeStateStatus, Outcome
+from elspeth_beam.core.errors import ElspethError
+from elspeth_beam.core.events import ArtifactRecorded, utc_now
+from elspeth_beam.core.tokens import TokenInfo
+from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext
+from elspeth_beam.plugins import registry
+from elspeth_beam.plugins.base import SinkPlugin
+
+SinkItem = tuple[str, TokenInfo, "dict[str, Any] | None"]  # (arrival outcome, token, error)
+
+
+class SinkWriteError(ElspethError):
+    """A sink could not durably write its rows (disk, permissions, type conflicts)."""
+
+
+def parts_dir(sink_path: Path, run_id: str) -> Path:
+    return sink_path.parent / f"{sink_path.name}.parts" / run_id
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def output_row(token: TokenInfo, error: dict[str, Any] | None) -> dict[str, Any]:
+    if error is None:
+        return token.row
+    return {**token.row, "_error": error["message"], "_error_node": error["node_id"]}
+
+
+class SinkDoFn(AuditedDoFn):
+    def __init__(self, ctx: NodeContext, sink_name: str, settings: SinkSettings) -> None:
+        super().__init__(ctx)
+        self.sink_name = sink_name
+        self.settings = settings
+
+    def setup(self) -> None:
+        self.plugin = registry.build(SinkPlugin, self.settings.plugin, self.settings.options)
+        self.dir = parts_dir(self.plugin.path(), self.ctx.run_id)
+
+    def start_bundle(self) -> None:
+        super().start_bundle()
+        self._items: list[SinkItem] = []
+
+    def process(self, item: SinkItem) -> None:
+        self._items.append(item)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if self._items:
+            items, self._items = self._items, []
+            self._write_part(items)
+        yield from super().finish_bundle()
+
+    def _write_part(self, items: list[SinkItem]) -> None:
+        items.sort(key=lambda it: (it[1].row_index, it[1].token_id))
+        name = ids.make_id("part", [tok.token_id for _, tok, _ in items])
+        target = self.dir / f"{name}.{self.plugin.extension}"
+        started_at, t0 = utc_now(), time.perf_counter()
+        try:
+            self.plugin.write_part([output_row(tok, err) for _, tok, err in items], target)
+        except Exception as exc:
+            raise SinkWriteError(f"sink {self.sink_name!r} could not write {target}: {exc}") from exc
+        duration_ms = (time.perf_counter() - t0) * 1000.0
+        content_hash = file_digest(target)
+        run_id, node_id = self.ctx.run_id, self.ctx.node_id
+        artifact_id = ids.artifact_id(run_id, node_id, str(target), content_hash)
+        self.record(
+            ArtifactRecorded(
+                run_id=run_id,
+                artifact_id=artifact_id,
+                sink_node_id=node_id,
+                path=str(target),
+                content_hash=content_hash,
+                size_bytes=target.stat().st_size,
+                row_count=len(items),
+            )
+        )
+        for position, (arrival, token, error) in enumerate(items):
+            self.record_state(
+                state_id=ids.state_id(token.token_id, node_id, 1),
+                token_id=token.token_id,
+                status=NodeStateStatus.COMPLETED,
+                input_hash=stable_hash(token.row),
+                output_hash=content_hash,
+                duration_ms=duration_ms,
+                started_at=started_at,
+            )
+            self.record_outcome(
+                token,
+                Outcome(arrival),
+                sink_name=self.sink_name,
+                artifact_id=artifact_id,
+                artifact_row=position,
+                error_json=None if error is None else json.dumps(error, sort_keys=True),
+            )
+
+
+def merge_sink(plugin: SinkPlugin, parts: list[dict[str, Any]], run_id: str, node_id: str) -> ArtifactRecorded:
+    """Join a sink's recorded parts (in path order) into its configured file."""
+    ordered = sorted(parts, key=lambda a: a["path"])
+    target = plugin.path()
+    plugin.merge([Path(a["path"]) for a in ordered], target)
+    content_hash = file_digest(target)
+    return ArtifactRecorded(
+        run_id=run_id,
+        artifact_id=ids.artifact_id(run_id, node_id, str(target), content_hash),
+        sink_node_id=node_id,
+        path=str(target),
+        content_hash=content_hash,
+        size_bytes=target.stat().st_size,
+        row_count=sum(a["row_count"] for a in ordered),
+        artifact_kind="merged",
+    )

@@ -1,0 +1,1 @@
+"""Plugins: the pluggable work inside each node (sources, transforms, batch plugins, sinks)."""

@@ -1,0 +1,98 @@
+"""Type coercion against a declared schema (shared by sources and the ``coerce`` transform).
+
+Coerced values stay JSON-native (dates become ISO strings) so tokens encode deterministically.
+A type name ending in ``?`` accepts an empty value as null.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any, Callable
+
+from elspeth_beam.core.errors import RowError
+
+_TRUE = {"true", "t", "yes", "y", "1"}
+_FALSE = {"false", "f", "no", "n", "0"}
+
+
+def _to_int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError("a boolean is not an integer")
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise ValueError(f"{v!r} is not a whole number")
+        return int(v)
+    return int(str(v).strip().replace("_", ""))
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError("a boolean is not a number")
+    out = float(str(v).strip()) if not isinstance(v, (int, float)) else float(v)
+    if not math.isfinite(out):
+        raise ValueError(f"{v!r} is NaN or infinite and has no canonical form")
+    return out
+
+
+def _to_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    text = str(v).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{v!r} is not a boolean (use true/false, yes/no, 1/0)")
+
+
+def _to_date(v: Any) -> str:
+    return dt.date.fromisoformat(str(v).strip()).isoformat()
+
+
+def _to_datetime(v: Any) -> str:
+    value = dt.datetime.fromisoformat(str(v).strip().replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+COERCERS: dict[str, Callable[[Any], Any]] = {
+    "str": lambda v: str(v),
+    "int": _to_int,
+    "float": _to_float,
+    "bool": _to_bool,
+    "date": _to_date,
+    "datetime": _to_datetime,
+}
+
+
+def check_type_name(type_name: str) -> str:
+    base = type_name.rstrip("?")
+    if base not in COERCERS:
+        raise ValueError(f"unknown type {type_name!r}; known: {', '.join(COERCERS)} (append ? for nullable)")
+    return type_name
+
+
+def coerce_row(row: dict[str, Any], schema: dict[str, str]) -> dict[str, Any]:
+    """Return ``row`` with every schema field coerced; raise RowError naming the field."""
+    out = dict(row)
+    for field, type_name in schema.items():
+        nullable = type_name.endswith("?")
+        base = type_name.rstrip("?")
+        if field not in row:
+            if nullable:
+                out[field] = None
+                continue
+            raise RowError(f"field {field!r} is missing (declared {type_name})")
+        value = row[field]
+        if value is None or (isinstance(value, str) and value.strip() == ""):
+            if nullable:
+                out[field] = None
+                continue
+            raise RowError(f"field {field!r} is empty but declared {type_name} (use {base}? to allow empty)")
+        try:
+            out[field] = COERCERS[base](value)
+        except (ValueError, TypeError) as exc:
+            raise RowError(f"field {field!r}: cannot coerce {value!r} to {base}: {exc}") from None
+    return out

@@ -1,0 +1,112 @@
+"""File sinks: CSV, JSON Lines, Parquet.
+
+A sink writes one *part* per bundle (durably: temp name, fsync, atomic rename) and, when the
+run ends, merges the parts the Landscape recorded into the file the user asked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from elspeth_beam.plugins.base import PluginOptions, SinkPlugin
+
+
+class FileSinkOptions(PluginOptions):
+    path: str
+
+
+def durable_write(target: Path, write: Any) -> None:
+    """Write via ``write(tmp_path)`` to a temp name, fsync, then atomically rename to ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    write(tmp)
+    with tmp.open("rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            seen.setdefault(key, None)
+    return list(seen)
+
+
+def _cell(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+
+
+class CsvSink(SinkPlugin):
+    name = "csv"
+    extension: ClassVar[str] = "csv"
+    Options = FileSinkOptions
+
+    def write_part(self, rows: list[dict[str, Any]], target: Path) -> None:
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=_columns(rows))
+                writer.writeheader()
+                writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+
+        durable_write(target, write)
+
+    def merge(self, parts: list[Path], target: Path) -> None:
+        rows: list[dict[str, Any]] = []
+        for part in parts:
+            with part.open(newline="", encoding="utf-8") as handle:
+                rows.extend(csv.DictReader(handle))
+        self.write_part(rows, target)
+
+
+class JsonlSink(SinkPlugin):
+    name = "jsonl"
+    extension: ClassVar[str] = "jsonl"
+    Options = FileSinkOptions
+
+    def write_part(self, rows: list[dict[str, Any]], target: Path) -> None:
+        def write(tmp: Path) -> None:
+            with tmp.open("w", encoding="utf-8") as handle:
+                for row in rows:
+                    handle.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+
+        durable_write(target, write)
+
+    def merge(self, parts: list[Path], target: Path) -> None:
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as out:
+                for part in parts:
+                    out.write(part.read_bytes())
+
+        durable_write(target, write)
+
+
+class ParquetSink(SinkPlugin):
+    name = "parquet"
+    extension: ClassVar[str] = "parquet"
+    Options = FileSinkOptions
+
+    def write_part(self, rows: list[dict[str, Any]], target: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        columns = _columns(rows)
+        table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
+        durable_write(target, lambda tmp: pq.write_table(table, tmp))
+
+    def merge(self, parts: list[Path], target: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tables = [pq.read_table(p) for p in parts]
+        merged = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+        durable_write(target, lambda tmp: pq.write_table(merged, tmp))

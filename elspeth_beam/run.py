@@ -1,0 +1,183 @@
+"""Run lifecycle: record the run, build and run the Beam pipeline, merge sinks, verify.
+
+runs/nodes/edges are written before the pipeline starts, so even a run that dies at once
+leaves a record. After the pipeline, sinks' parts are merged, ``verify`` checks the audit
+invariants, and the run is marked completed (all invariants hold) or failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from elspeth_beam.config.loader import LoadedPipeline
+from elspeth_beam.config.settings import RunSettings
+from elspeth_beam.core.canonical import canonical_json, stable_hash
+from elspeth_beam.core.enums import NodeType, RunStatus
+from elspeth_beam.core.errors import ElspethError
+from elspeth_beam.landscape import schema as s
+from elspeth_beam.landscape.store import LandscapeStore
+from elspeth_beam.landscape.summary import summarize
+from elspeth_beam.landscape.verify import VerifyReport, verify_run
+from elspeth_beam.pipeline.builder import BuiltPipeline, apply_graph
+from elspeth_beam.pipeline.sink import merge_sink
+from elspeth_beam.plugins import registry
+from elspeth_beam.plugins.base import SinkPlugin, SourcePlugin
+
+# The DirectRunner would first try to download Beam's Prism binary; its own pure-Python
+# fallbacks run offline, so "DirectRunner" resolves to them directly.
+_DIRECT_ALIASES = {"directrunner", "direct"}
+
+
+class PipelineFailedError(ElspethError):
+    """The Beam pipeline raised; the run is recorded as failed."""
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: RunStatus
+    landscape_url: str
+    runner: str
+    duration_s: float
+    summary: dict[str, Any]
+    report: VerifyReport
+
+    def text(self) -> str:
+        sinks = ", ".join(f"{k}={v}" for k, v in self.summary["rows_per_sink"].items()) or "none"
+        return "\n".join(
+            [
+                f"run        {self.run_id}  [{self.status.value}]",
+                f"runner     {self.runner}",
+                f"rows read  {self.summary['rows_read']}",
+                f"per sink   {sinks}",
+                f"quarantined {self.summary['quarantined']}   failed {self.summary['failed']}   batches {self.summary['batches']}",
+                f"duration   {self.duration_s:.2f}s",
+                f"landscape  {self.landscape_url}",
+                f"verify     {'OK' if self.report.ok else '; '.join(self.report.problems)}",
+            ]
+        )
+
+
+def new_run_id() -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"run-{stamp}-{secrets.token_hex(3)}"
+
+
+def pipeline_options(run: RunSettings, beam_args: Sequence[str] = ()) -> tuple[PipelineOptions, str]:
+    """Beam options from settings then command line (command line wins); the runner name."""
+    options = PipelineOptions([*run.beam_options, *beam_args])
+    standard = options.view_as(StandardOptions)
+    requested = standard.runner or run.runner
+    runner = requested
+    if requested.lower() in _DIRECT_ALIASES:
+        runner = "BundleBasedDirectRunner" if standard.streaming else "FnApiRunner"
+    standard.runner = runner
+    label = f"{requested} ({runner})" if runner != requested else runner
+    return options, label
+
+
+def _node_rows(loaded: LoadedPipeline) -> list[dict[str, Any]]:
+    out = []
+    for position, node in enumerate(loaded.graph.nodes):
+        config = node.settings.model_dump(mode="json")
+        out.append(
+            {
+                "node_id": node.node_id,
+                "name": node.name,
+                "plugin_name": node.plugin_name,
+                "node_type": node.node_type.value,
+                "config_json": canonical_json(config).decode(),
+                "config_hash": stable_hash(config),
+                "position": position,
+            }
+        )
+    return out
+
+
+def preflight(loaded: LoadedPipeline) -> None:
+    """Catch user mistakes (a missing input file) before Beam would bury them in a traceback."""
+    source = loaded.settings.source
+    plugin = registry.build(SourcePlugin, source.plugin, source.options)
+    getattr(plugin, "preflight", lambda: None)()
+
+
+def merge_sinks(store: LandscapeStore, loaded: LoadedPipeline, run_id: str) -> None:
+    artifacts = store.table_rows(s.artifacts, run_id)
+    merged = []
+    for node in loaded.graph.nodes:
+        if node.node_type is not NodeType.SINK:
+            continue
+        plugin = registry.build(SinkPlugin, node.settings.plugin, node.settings.options)  # type: ignore[attr-defined]
+        parts = [a for a in artifacts if a["sink_node_id"] == node.node_id and a["artifact_kind"] == "part"]
+        merged.append(merge_sink(plugin, parts, run_id, node.node_id))
+    store.write_events(merged)
+
+
+def execute_run(
+    loaded: LoadedPipeline,
+    *,
+    beam_args: Sequence[str] = (),
+    run_id: str | None = None,
+    make_pipeline: Callable[[PipelineOptions], beam.Pipeline] | None = None,
+    tap: Callable[[BuiltPipeline], None] | None = None,
+) -> RunResult:
+    """Run a loaded pipeline end to end and return its verified result.
+
+    ``make_pipeline`` lets tests supply a TestPipeline; ``tap`` lets them observe the audit
+    stream (e.g. to replay its events).
+    """
+    run_id = run_id or new_run_id()
+    options, runner_label = pipeline_options(loaded.settings.run, beam_args)
+    preflight(loaded)
+    store = LandscapeStore(loaded.settings.landscape.url)
+    store.begin_run(
+        run_id=run_id,
+        settings_json=loaded.settings_json,
+        settings_hash=loaded.settings_hash,
+        runner=runner_label,
+        beam_options={k: v for k, v in options.get_all_options(drop_default=True).items()},
+        nodes=_node_rows(loaded),
+        edges=loaded.graph.edges(),
+    )
+    started = time.perf_counter()
+    pipeline = make_pipeline(options) if make_pipeline else beam.Pipeline(options=options)
+    built = apply_graph(pipeline, loaded, run_id)
+    if tap is not None:
+        tap(built)
+    try:
+        pipeline.run().wait_until_finish()
+    except Exception as exc:
+        store.finish_run(run_id, RunStatus.FAILED.value, {"error": _root_message(exc)})
+        raise PipelineFailedError(f"run {run_id} failed: {_root_message(exc)}") from exc
+    merge_sinks(store, loaded, run_id)
+    report = verify_run(store, run_id)
+    summary = summarize(store, run_id)
+    status = RunStatus.COMPLETED if report.ok else RunStatus.FAILED
+    store.finish_run(run_id, status.value, {**summary, "verify_problems": report.problems})
+    store.dispose()
+    return RunResult(
+        run_id=run_id,
+        status=status,
+        landscape_url=store.url,
+        runner=runner_label,
+        duration_s=time.perf_counter() - started,
+        summary=summary,
+        report=report,
+    )
+
+
+def _root_message(exc: BaseException) -> str:
+    """The innermost meaningful message of a Beam-wrapped exception."""
+    seen = exc
+    while seen.__cause__ is not None or seen.__context__ is not None:
+        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    message = str(seen).strip().splitlines()
+    return f"{type(seen).__name__}: {message[-1] if message else ''}"

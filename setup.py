@@ -1,0 +1,18 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="elspeth_beam",
+    version="0.1.0",
+    description="Auditable dataflow pipelines on Apache Beam with a SQL audit trail (the Landscape).",
+    python_requires=">=3.11",
+    packages=find_packages(include=["elspeth_beam", "elspeth_beam.*"]),
+    install_requires=[
+        "apache-beam==2.77.0",
+        "pydantic>=2.7,<3",
+        "SQLAlchemy>=2.0,<3",
+        "pyarrow>=14,<26",
+        "PyYAML>=6",
+    ],
+    extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
+    entry_points={"console_scripts": ["elspeth-beam=elspeth_beam.cli:main"]},
+)
