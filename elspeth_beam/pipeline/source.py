@@ -6,7 +6,6 @@ and a failed node_state, and is quarantined with the reason — never dropped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +14,7 @@ import apache_beam as beam
 
 from elspeth_beam.config.settings import SourceSettings
 from elspeth_beam.core import ids
+from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.core.errors import RowError
 from elspeth_beam.core.events import RowRecorded
 from elspeth_beam.core.tokens import TokenInfo
@@ -56,7 +56,7 @@ class SourceDoFn(AuditedDoFn):
                 row_id=row_id,
                 source_node_id=node_id,
                 row_index=record.index,
-                source_data_hash=hashlib.sha256(record.raw.encode("utf-8")).hexdigest(),
+                source_data_hash=stable_hash(record.raw),
                 payload_json=_payload(record),
             )
         )

@@ -1,0 +1,140 @@
+"""elspeth-beam command line: run, validate, explain, verify.
+
+User mistakes (bad settings, missing files, unknown runs) exit with code 2 and a message
+that says what to fix — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from elspeth_beam.core.errors import ElspethError, SettingsError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="elspeth-beam", description="Auditable Apache Beam pipelines.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a pipeline; Beam options may follow (e.g. --runner X) or come after --")
+    run.add_argument("settings", help="pipeline YAML")
+    run.add_argument("--landscape-url", help="SQLAlchemy URL or SQLite path of the audit database")
+    run.add_argument("--run-id", help="use this run id (default: generated)")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    val = sub.add_parser("validate", help="check a pipeline YAML without running it")
+    val.add_argument("settings")
+
+    exp = sub.add_parser("explain", help="explain what happened to a row or token")
+    exp.add_argument("landscape", help="SQLite path or SQLAlchemy URL")
+    exp.add_argument("--run", help="run id (default: the latest run)")
+    target = exp.add_mutually_exclusive_group(required=True)
+    target.add_argument("--row", type=int, help="source row index (0-based)")
+    target.add_argument("--row-id")
+    target.add_argument("--token", help="token id")
+    target.add_argument("--sink", help="sink name (with --line)")
+    exp.add_argument("--line", type=int, help="data line in the sink's file, 1-based (with --sink)")
+    exp.add_argument("--json", action="store_true")
+
+    ver = sub.add_parser("verify", help="check a run's audit invariants")
+    ver.add_argument("landscape")
+    ver.add_argument("--run", help="run id (default: the latest run)")
+    return p
+
+
+def _cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from elspeth_beam.config.loader import load_settings
+    from elspeth_beam.run import execute_run
+
+    loaded = load_settings(args.settings, landscape_url=args.landscape_url)
+    result = execute_run(loaded, beam_args=beam_args, run_id=args.run_id)
+    if args.json:
+        print(json.dumps({"run_id": result.run_id, "status": result.status.value, "landscape": result.landscape_url,
+                          "duration_s": round(result.duration_s, 3), **result.summary, "verify": result.report.problems}))
+    else:
+        print(result.text())
+    return EXIT_OK if result.report.ok else EXIT_FAILED
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from elspeth_beam.config.loader import load_settings
+
+    loaded = load_settings(args.settings)
+    names = " → ".join(n.name for n in loaded.graph.nodes)
+    print(f"{args.settings}: OK ({len(loaded.graph.nodes)} nodes: {names})")
+    return EXIT_OK
+
+
+def _store(landscape: str):
+    from pathlib import Path
+
+    from elspeth_beam.core.errors import LandscapeError
+    from elspeth_beam.landscape.store import LandscapeStore
+
+    if "://" not in landscape and not Path(landscape).is_file():
+        raise LandscapeError(f"no Landscape database at {landscape!r}; run a pipeline first or pass its path/URL")
+    return LandscapeStore(landscape, create=False)
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from elspeth_beam.landscape import explain
+
+    store = _store(args.landscape)
+    run_id = args.run or store.latest_run_id()
+    if args.sink is not None:
+        if args.line is None:
+            raise ElspethError("--sink needs --line N (the 1-based data line in the sink's file)")
+        result = explain.explain_token(store, run_id, explain.token_at_sink_line(store, run_id, args.sink, args.line))
+    elif args.token:
+        result = explain.explain_token(store, run_id, args.token)
+    else:
+        result = explain.explain_row(store, run_id, row_index=args.row, row_id=args.row_id)
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json else explain.render_text(result))
+    return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from elspeth_beam.landscape.verify import verify_run
+
+    store = _store(args.landscape)
+    report = verify_run(store, args.run or store.latest_run_id())
+    print(report.text())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if "--" in argv:
+        split = argv.index("--")
+        argv, extra = argv[:split], argv[split + 1 :]
+        args, unknown = parser.parse_known_args(argv)
+        beam_args = unknown + extra
+    else:
+        args, beam_args = parser.parse_known_args(argv)
+    if beam_args and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    try:
+        if args.command == "run":
+            return _cmd_run(args, beam_args)
+        if args.command == "validate":
+            return _cmd_validate(args)
+        if args.command == "explain":
+            return _cmd_explain(args)
+        return _cmd_verify(args)
+    except SettingsError as exc:
+        print(f"elspeth-beam: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ElspethError as exc:
+        print(f"elspeth-beam: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if not exc.__class__.__name__ == "PipelineFailedError" else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Helpers for users' own pipeline unit tests (and ours), built on Beam's TestPipeline.
+
+    from elspeth_beam import testing
+
+    def test_my_pipeline(tmp_path):
+        run = testing.run_for_test("pipelines/mine.yaml", tmp_path)
+        testing.assert_audit_complete(run)
+        assert run.result.summary["rows_per_sink"]["good"] == 42
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import yaml
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing import test_pipeline
+
+from elspeth_beam.config.loader import LoadedPipeline, load_settings_dict
+from elspeth_beam.core.events import AUDIT_EVENTS_ADAPTER, AuditEvent
+from elspeth_beam.landscape import schema as s
+from elspeth_beam.landscape.store import LandscapeStore
+from elspeth_beam.landscape.verify import VerifyReport, verify_run
+from elspeth_beam.pipeline.builder import BuiltPipeline
+from elspeth_beam.run import RunResult, execute_run
+
+# Columns that legitimately differ between two runs of the same input.
+VOLATILE_COLUMNS = frozenset(
+    {"started_at", "completed_at", "created_at", "recorded_at", "duration_ms", "beam_options_json", "runner", "summary_json"}
+)
+
+
+def landscape_url(tmp_path: Path, name: str = "landscape.db") -> str:
+    return f"sqlite:///{tmp_path / name}"
+
+
+@dataclass
+class TestRun:
+    result: RunResult
+    store: LandscapeStore
+    journal: Path | None
+
+    __test__ = False  # not a pytest test class
+
+    @property
+    def run_id(self) -> str:
+        return self.result.run_id
+
+    def events(self) -> list[AuditEvent]:
+        """Every audit event the pipeline emitted (replays included), from the journal."""
+        assert self.journal is not None, "run_for_test(..., journal=True) records the events"
+        events: list[AuditEvent] = []
+        for line in self.journal.read_text().splitlines():
+            events.extend(AUDIT_EVENTS_ADAPTER.validate_json(line))
+        return events
+
+
+class _JournalFn(beam.DoFn):
+    """Append each audit list as one JSON line (a test-side tap; replays append again)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def process(self, events: list[AuditEvent]) -> None:
+        with open(self.path, "ab") as handle:
+            handle.write(AUDIT_EVENTS_ADAPTER.dump_json(events) + b"\n")
+
+
+def load_for_test(settings: dict[str, Any] | str | Path, landscape: str) -> LoadedPipeline:
+    raw = yaml.safe_load(Path(settings).read_text()) if isinstance(settings, (str, Path)) else settings
+    return load_settings_dict(raw, landscape_url=landscape)
+
+
+def run_for_test(
+    settings: dict[str, Any] | str | Path,
+    tmp_path: Path,
+    *,
+    beam_args: tuple[str, ...] = (),
+    run_id: str | None = None,
+    journal: bool = False,
+    landscape: str | None = None,
+) -> TestRun:
+    """Run a pipeline on Beam's TestPipeline (FnApiRunner by default) with a temp Landscape."""
+    url = landscape or landscape_url(tmp_path)
+    loaded = load_for_test(settings, url)
+    journal_path = tmp_path / f"journal-{run_id or 'run'}.jsonl" if journal else None
+    if journal_path is not None and journal_path.exists():
+        journal_path.unlink()
+
+    def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
+        return test_pipeline.TestPipeline(options=options, blocking=True)
+
+    def tap(built: BuiltPipeline) -> None:
+        if journal_path is not None:
+            built.audit | "Journal" >> beam.ParDo(_JournalFn(str(journal_path)))
+
+    result = execute_run(loaded, beam_args=beam_args, run_id=run_id, make_pipeline=make_pipeline, tap=tap)
+    return TestRun(result=result, store=LandscapeStore(url), journal=journal_path)
+
+
+def assert_audit_complete(run: TestRun | RunResult, store: LandscapeStore | None = None) -> VerifyReport:
+    """Fail with the verify problems unless the run's audit is complete and consistent."""
+    result = run.result if isinstance(run, TestRun) else run
+    store = store or (run.store if isinstance(run, TestRun) else LandscapeStore(result.landscape_url))
+    report = verify_run(store, result.run_id)
+    assert report.ok, report.text()
+    return report
+
+
+def snapshot(store: LandscapeStore, *, ignore: frozenset[str] = VOLATILE_COLUMNS) -> dict[str, list[str]]:
+    """Every table's rows (sorted, volatile columns dropped): compare two Landscapes with ==."""
+    out: dict[str, list[str]] = {}
+    for table in s.metadata.sorted_tables:
+        rows = [
+            json.dumps({k: v for k, v in row.items() if k not in ignore}, sort_keys=True, default=str)
+            for row in store.table_rows(table)
+        ]
+        out[table.name] = sorted(rows)
+    return out
