@@ -71,6 +71,26 @@ class PipelineGraph:
     def target_of(self, destination: str) -> NodeSpec:
         return self.sink(destination) if self.is_sink(destination) else self.consumer(destination)
 
+    def downstream(self, node: NodeSpec) -> list[NodeSpec]:
+        """Every node reachable from ``node`` (success, route and error paths)."""
+        seen: dict[str, NodeSpec] = {}
+        frontier = [node]
+        while frontier:
+            current = frontier.pop()
+            nexts = [self.target_of(d) for d in current.destinations]
+            if current.error_sink:
+                nexts.append(self.sink(current.error_sink))
+            for n in nexts:
+                if n.node_id not in seen:
+                    seen[n.node_id] = n
+                    frontier.append(n)
+        return list(seen.values())
+
+    def chained_aggregations(self) -> list[tuple[str, str]]:
+        """(upstream, downstream) aggregation pairs: an aggregation fed by another's flushes."""
+        aggs = [n for n in self.nodes if n.node_type is NodeType.AGGREGATION]
+        return [(a.name, d.name) for a in aggs for d in self.downstream(a) if d.node_type is NodeType.AGGREGATION]
+
     def edges(self) -> list[dict[str, Any]]:
         out = []
         for node in self.nodes:

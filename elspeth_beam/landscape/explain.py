@@ -92,14 +92,17 @@ class _RunView:
             "trigger_reason": b["trigger_reason"],
             "flush_state": self._state(flush) if flush else None,
             "members": [
-                {"ordinal": m["ordinal"], "token_id": m["token_id"], "row_index": self.row_of(m["token_id"])["row_index"]}
+                {"ordinal": m["ordinal"], "token_id": m["token_id"], "row_index": self.single_row_index(m["token_id"])}
                 for m in self.members.get(batch_id, [])
             ],
             "outputs": self.outputs.get(batch_id, []),
         }
 
-    def row_of(self, token_id: str) -> dict[str, Any]:
-        return self.rows[self.tokens[token_id]["row_id"]]
+    def single_row_index(self, token_id: str) -> int | None:
+        """The source row index of a token that descends from one row (None after a batch)."""
+        if len(self.parents.get(token_id, [])) > 1:
+            return None
+        return self.rows[self.tokens[token_id]["row_id"]]["row_index"]
 
     def token(self, token_id: str) -> dict[str, Any]:
         t = self.tokens[token_id]
@@ -236,7 +239,8 @@ def _fmt_token(t: dict[str, Any], indent: str = "  ") -> list[str]:
     if t["branch"]:
         head += f"  branch={t['branch']}"
     if t["parent_ids"]:
-        head += f"  parents={','.join(t['parent_ids'])}"
+        parents = t["parent_ids"]
+        head += f"  parents={','.join(parents)}" if len(parents) <= 2 else f"  parents={parents[0]},… ({len(parents)})"
     if t["produced_by_batch"]:
         head += f"  from batch {t['produced_by_batch']}"
     lines = [head]
@@ -262,7 +266,10 @@ def _fmt_batch(b: dict[str, Any]) -> list[str]:
     ]
     if b["flush_state"]:
         lines += _fmt_state(b["flush_state"], "    flush ")
-    members = ", ".join(f"#{m['ordinal']} row {m['row_index']}" for m in b["members"])
+    members = ", ".join(
+        f"#{m['ordinal']} row {m['row_index']}" if m["row_index"] is not None else f"#{m['ordinal']} {m['token_id']}"
+        for m in b["members"]
+    )
     lines.append(f"    members ({len(b['members'])}): {members}")
     return lines
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, and_, bindparam, create_engine, event, select, update
+from sqlalchemy import Engine, Table, and_, bindparam, create_engine, event, or_, select, update
 from sqlalchemy.engine import Connection, make_url
 
 from elspeth_beam.core.enums import BatchStatus, NodeStateStatus
@@ -179,7 +179,7 @@ class LandscapeStore:
                 continue
             stmt = (
                 update(t)
-                .where(and_(t.c.batch_id == bindparam("b_batch_id"), t.c.status.in_(lower)))
+                .where(and_(t.c.batch_id == bindparam("b_batch_id"), or_(*(t.c.status == s_ for s_ in lower))))
                 .values(
                     status=status.value,
                     trigger_type=bindparam("b_trigger_type"),

@@ -1,0 +1,238 @@
+"""Aggregation node: a keyed stateful DoFn whose every flush is an audited transform boundary.
+
+State per key: a BagState of full ``TokenInfo`` (deterministic coder — a runner checkpoint
+restores whole tokens), a count, the batch sequence number and the timeout deadline.
+Triggers: ``count`` (in ``process``), ``end_of_source`` (event-time timer at the window end —
+after the last element of a bounded source) and ``timeout`` (processing-time timer from the
+batch's first accept, so a quiet key is flushed even when no further row arrives).
+
+A flush always goes through ``AuditedDoFn.execute``: the batch moves draft → executing →
+completed/failed with its trigger, the node_state at the aggregation node carries the
+members' input hash, the outputs' hash and any error, and members are never lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Tuple
+
+import apache_beam as beam
+from apache_beam.coders import FloatCoder, VarIntCoder
+from apache_beam.transforms.combiners import CountCombineFn
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import (
+    BagStateSpec,
+    CombiningValueStateSpec,
+    ReadModifyWriteStateSpec,
+    TimerSpec,
+    on_timer,
+)
+from apache_beam.utils.timestamp import Timestamp
+
+from elspeth_beam.config.settings import AggregationSettings
+from elspeth_beam.core import ids
+from elspeth_beam.core.canonical import canonical_json
+from elspeth_beam.core.enums import BatchStatus, Outcome, TriggerType
+from elspeth_beam.core.errors import ElspethError
+from elspeth_beam.core.events import BatchMemberRecorded, BatchOutputRecorded, BatchRecorded, utc_now
+from elspeth_beam.core.tokens import TokenInfo, TokenInfoCoder
+from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag
+from elspeth_beam.plugins import registry
+from elspeth_beam.plugins.base import BatchPlugin
+
+Clock = Callable[[], float]
+
+
+class BatchOutputError(ElspethError):
+    """A batch plugin returned the wrong number of rows for the aggregation's output_mode."""
+
+
+def group_key(row: dict[str, Any], group_by: list[str]) -> str:
+    """The aggregation key: canonical JSON of the group_by values (a missing field is null)."""
+    return canonical_json([row.get(f) for f in group_by]).decode() if group_by else ""
+
+
+def end_of_window(window: Any) -> Timestamp:
+    """The window end floored to whole milliseconds (TestStream watermarks are whole ms)."""
+    return Timestamp(micros=(window.end.micros // 1000) * 1000)
+
+
+class AggregationDoFn(AuditedDoFn):
+    TOKENS = BagStateSpec("tokens", TokenInfoCoder())
+    COUNT = CombiningValueStateSpec("count", CountCombineFn())
+    SEQUENCE = ReadModifyWriteStateSpec("sequence", VarIntCoder())
+    DEADLINE = ReadModifyWriteStateSpec("deadline", FloatCoder())
+    END_OF_SOURCE = TimerSpec("end_of_source", TimeDomain.WATERMARK)
+    TIMEOUT = TimerSpec("timeout", TimeDomain.REAL_TIME)
+
+    def __init__(self, ctx: NodeContext, settings: AggregationSettings, clock: Clock = time.time) -> None:
+        super().__init__(ctx)
+        self.settings = settings
+        self.clock = clock
+        self.tag = out_tag(settings.on_success)
+
+    def setup(self) -> None:
+        self.plugin = registry.build(BatchPlugin, self.settings.plugin, self.settings.options)
+
+    # ---- accept ---------------------------------------------------------------------------
+
+    def process(
+        self,
+        element: Tuple[str, TokenInfo],
+        window=beam.DoFn.WindowParam,
+        tokens=beam.DoFn.StateParam(TOKENS),
+        count=beam.DoFn.StateParam(COUNT),
+        sequence=beam.DoFn.StateParam(SEQUENCE),
+        deadline=beam.DoFn.StateParam(DEADLINE),
+        end_timer=beam.DoFn.TimerParam(END_OF_SOURCE),
+        timeout_timer=beam.DoFn.TimerParam(TIMEOUT),
+    ) -> Iterator[Any]:
+        key, token = element
+        tokens.add(token)
+        count.add(1)
+        ordinal = count.read() - 1
+        batch_id = self._batch_id(key, sequence.read() or 0)
+        if ordinal == 0:
+            self._start_batch(key, batch_id, sequence.read() or 0, window, end_timer, timeout_timer, deadline)
+        self.record(BatchMemberRecorded(run_id=self.ctx.run_id, batch_id=batch_id, token_id=token.token_id, ordinal=ordinal))
+        self.record_outcome(token, Outcome.BUFFERED, token_json=token.to_json_bytes().decode())
+        trigger = self.settings.trigger
+        if trigger.count is not None and ordinal + 1 >= trigger.count:
+            yield from self._flush(key, tokens, count, sequence, deadline, timeout_timer,
+                                   TriggerType.COUNT, f"count reached {trigger.count}")
+        yield from self.audit_if_full()
+
+    def _start_batch(self, key, batch_id, seq, window, end_timer, timeout_timer, deadline) -> None:
+        self.record(
+            BatchRecorded(run_id=self.ctx.run_id, batch_id=batch_id, node_id=self.ctx.node_id, key=key,
+                          sequence=seq, status=BatchStatus.DRAFT)
+        )
+        end_timer.set(end_of_window(window))
+        timeout = self.settings.trigger.timeout_seconds
+        if timeout is not None:
+            due = self.clock() + timeout
+            deadline.write(due)
+            timeout_timer.set(due)
+
+    # ---- triggers -------------------------------------------------------------------------
+
+    @on_timer(END_OF_SOURCE)
+    def on_end_of_source(
+        self,
+        key=beam.DoFn.KeyParam,
+        tokens=beam.DoFn.StateParam(TOKENS),
+        count=beam.DoFn.StateParam(COUNT),
+        sequence=beam.DoFn.StateParam(SEQUENCE),
+        deadline=beam.DoFn.StateParam(DEADLINE),
+        timeout_timer=beam.DoFn.TimerParam(TIMEOUT),
+    ) -> Iterator[Any]:
+        yield from self._flush(key, tokens, count, sequence, deadline, timeout_timer,
+                               TriggerType.END_OF_SOURCE, "end of source")
+
+    @on_timer(TIMEOUT)
+    def on_timeout(
+        self,
+        key=beam.DoFn.KeyParam,
+        tokens=beam.DoFn.StateParam(TOKENS),
+        count=beam.DoFn.StateParam(COUNT),
+        sequence=beam.DoFn.StateParam(SEQUENCE),
+        deadline=beam.DoFn.StateParam(DEADLINE),
+        timeout_timer=beam.DoFn.TimerParam(TIMEOUT),
+    ) -> Iterator[Any]:
+        due = deadline.read()
+        # Runners fire pending processing-time timers early when a bounded input ends; that
+        # is not a timeout — the end-of-source timer flushes those rows instead.
+        if due is None or self.clock() < due:
+            return
+        yield from self._flush(key, tokens, count, sequence, deadline, timeout_timer,
+                               TriggerType.TIMEOUT, f"timeout {self.settings.trigger.timeout_seconds:g}s")
+
+    # ---- flush ----------------------------------------------------------------------------
+
+    def _batch_id(self, key: str, seq: int, attempt: int = 1) -> str:
+        return ids.batch_id(self.ctx.run_id, self.ctx.node_id, key, seq, attempt)
+
+    def _flush(self, key, tokens, count, sequence, deadline, timeout_timer, trigger: TriggerType, reason: str) -> Iterator[Any]:
+        members: list[TokenInfo] = list(tokens.read())
+        seq = sequence.read() or 0
+        tokens.clear()
+        count.clear()
+        deadline.clear()
+        timeout_timer.clear()
+        if not members:
+            return
+        sequence.write(seq + 1)
+        yield from self.flush_batch(key, seq, members, trigger, reason)
+
+    def flush_batch(self, key: str, seq: int, members: list[TokenInfo], trigger: TriggerType, reason: str,
+                    attempt: int = 1, retry_of: str | None = None) -> Iterator[Any]:
+        """The one audited flush: batch executing → node_state → completed/failed, members kept."""
+        batch_id = self._batch_id(key, seq, attempt)
+        batch = dict(run_id=self.ctx.run_id, batch_id=batch_id, node_id=self.ctx.node_id, key=key, sequence=seq,
+                     attempt=attempt, trigger_type=trigger, trigger_reason=reason, retry_of_batch_id=retry_of)
+        self.record(BatchRecorded(status=BatchStatus.EXECUTING, **batch))
+        step = self.execute(
+            batch_id=batch_id,
+            attempt=attempt,
+            inputs=[m.row for m in members],
+            work=lambda: self._outputs(batch_id, members),
+            hash_output=lambda outs: [t.row for t in outs],
+        )
+        status = BatchStatus.COMPLETED if step.ok else BatchStatus.FAILED
+        self.record(BatchRecorded(status=status, aggregation_state_id=step.state_id, completed_at=utc_now(), **batch))
+        if not step.ok:
+            for member in members:
+                yield from self.divert(member, step.error)
+            return
+        outputs: list[TokenInfo] = step.output
+        passthrough = self.settings.output_mode == "passthrough"
+        for member in members if not passthrough else ():
+            self.record_outcome(member, Outcome.CONSUMED_IN_BATCH)
+        for ordinal, out in enumerate(outputs):
+            if not passthrough:
+                self.record_token(out)
+            self.record(BatchOutputRecorded(run_id=self.ctx.run_id, batch_id=batch_id, token_id=out.token_id, ordinal=ordinal))
+            yield beam.pvalue.TaggedOutput(self.tag, out)
+
+    def _outputs(self, batch_id: str, members: list[TokenInfo]) -> list[TokenInfo]:
+        """Run the plugin and turn its rows into tokens with correct lineage per output mode."""
+        rows = self.plugin.process_batch([dict(m.row) for m in members])
+        mode, expected = self.settings.output_mode, self.settings.expected_output_count
+        if mode == "passthrough":
+            if len(rows) != len(members):
+                raise BatchOutputError(f"passthrough needs {len(members)} rows out (one per member), plugin returned {len(rows)}")
+            return [m.with_row(r) for m, r in zip(members, rows)]
+        want = 1 if mode == "single" else expected
+        if want is not None and len(rows) != want:
+            raise BatchOutputError(f"output_mode {mode} expects {want} row(s) per flush, plugin returned {len(rows)}")
+        group = {f: members[0].row.get(f) for f in self.settings.group_by}
+        parents = tuple(m.token_id for m in members)
+        first = members[0]
+        return [
+            TokenInfo(
+                run_id=first.run_id,
+                row_id=first.row_id,
+                token_id=ids.token_id(parents, self.ctx.node_id, i),
+                row_index=first.row_index,
+                parent_ids=parents,
+                row={**group, **row},
+            )
+            for i, row in enumerate(rows)
+        ]
+
+
+class Aggregate(beam.PTransform):
+    """Key tokens by their group_by values, then aggregate them statefully."""
+
+    def __init__(self, ctx: NodeContext, settings: AggregationSettings, tags: list[str], clock: Clock = time.time) -> None:
+        super().__init__()
+        self.ctx, self.settings, self.tags, self.clock = ctx, settings, tags, clock
+
+    def expand(self, tokens):
+        group_by = list(self.settings.group_by)
+        return (
+            tokens
+            | "Key" >> beam.Map(lambda t: (group_key(t.row, group_by), t)).with_output_types(Tuple[str, TokenInfo])
+            | "Aggregate" >> beam.ParDo(AggregationDoFn(self.ctx, self.settings, self.clock)).with_outputs(*self.tags)
+        )
