@@ -41,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--line", type=int, help="data line in the sink's file, 1-based (with --sink)")
     exp.add_argument("--json", action="store_true")
 
+    res = sub.add_parser("resume", help="finish a run that died, from what its Landscape committed")
+    res.add_argument("run_id")
+    res.add_argument("--landscape-url", default=None, help="the run's Landscape (default sqlite:///runs/landscape.db)")
+    res.add_argument("--settings", help="the run's settings file (needed when secrets were redacted)")
+
+    lst = sub.add_parser("runs", help="list the runs in a Landscape")
+    lst.add_argument("landscape", nargs="?", default="runs/landscape.db")
+
     ver = sub.add_parser("verify", help="check a run's audit invariants")
     ver.add_argument("landscape")
     ver.add_argument("--run", help="run id (default: the latest run)")
@@ -98,6 +106,29 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_resume(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from elspeth_beam.config.loader import load_settings
+    from elspeth_beam.landscape.store import DEFAULT_URL
+    from elspeth_beam.resume import resume_run
+
+    url = args.landscape_url or DEFAULT_URL
+    store = _store(url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url)
+    loaded = load_settings(args.settings, landscape_url=store.url) if args.settings else None
+    result = resume_run(store, args.run_id, loaded, beam_args=beam_args)
+    print(result.text())
+    return EXIT_OK if result.report.ok else EXIT_FAILED
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from elspeth_beam.landscape.summary import list_runs
+
+    store = _store(args.landscape)
+    print(f"{'run id':<28} {'status':<11} {'started':<27} {'rows':>6}  db")
+    for r in list_runs(store):
+        print(f"{r['run_id']:<28} {r['status']:<11} {r['started_at']:<27} {r['rows']:>6}  {store.url}")
+    return EXIT_OK
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from elspeth_beam.landscape.verify import verify_run
 
@@ -117,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         beam_args = unknown + extra
     else:
         args, beam_args = parser.parse_known_args(argv)
-    if beam_args and args.command != "run":
+    if beam_args and args.command not in ("run", "resume"):
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
     try:
@@ -127,13 +158,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_validate(args)
         if args.command == "explain":
             return _cmd_explain(args)
+        if args.command == "resume":
+            return _cmd_resume(args, beam_args)
+        if args.command == "runs":
+            return _cmd_runs(args)
         return _cmd_verify(args)
     except SettingsError as exc:
         print(f"elspeth-beam: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ElspethError as exc:
         print(f"elspeth-beam: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE if not exc.__class__.__name__ == "PipelineFailedError" else EXIT_FAILED
+        from elspeth_beam.run import PipelineFailedError
+
+        return EXIT_FAILED if isinstance(exc, PipelineFailedError) else EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from elspeth_beam.landscape.store import LandscapeStore
 from elspeth_beam.landscape.summary import summarize
 from elspeth_beam.landscape.verify import VerifyReport, verify_run
 from elspeth_beam.pipeline.builder import BuiltPipeline, apply_graph
+from elspeth_beam.pipeline.restore import PipelineRestore
 from elspeth_beam.pipeline.sink import merge_sink
 from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import SinkPlugin, SourcePlugin
@@ -144,11 +145,12 @@ def execute_run(
     run_id: str | None = None,
     make_pipeline: Callable[[PipelineOptions], beam.Pipeline] | None = None,
     tap: Callable[[BuiltPipeline], None] | None = None,
+    restore: PipelineRestore | None = None,
 ) -> RunResult:
     """Run a loaded pipeline end to end and return its verified result.
 
     ``make_pipeline`` lets tests supply a TestPipeline; ``tap`` lets them observe the audit
-    stream (e.g. to replay its events).
+    stream (e.g. to replay its events). ``restore`` comes from ``resume``.
     """
     run_id = run_id or new_run_id()
     options, runner_label = pipeline_options(loaded, beam_args)
@@ -165,7 +167,7 @@ def execute_run(
     )
     started = time.perf_counter()
     pipeline = make_pipeline(options) if make_pipeline else beam.Pipeline(options=options)
-    built = apply_graph(pipeline, loaded, run_id)
+    built = apply_graph(pipeline, loaded, run_id, restore)
     if tap is not None:
         tap(built)
     try:

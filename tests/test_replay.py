@@ -67,6 +67,13 @@ def test_replaying_shuffled_duplicated_events_rebuilds_the_same_landscape(journa
     store.dispose()
 
 
+def test_replaying_into_the_original_landscape_changes_nothing(journaled_run):
+    events = journaled_run.events()
+    before = testing.snapshot(journaled_run.store, ignore=frozenset())
+    journaled_run.store.write_events(list(reversed(events)))
+    assert testing.snapshot(journaled_run.store, ignore=frozenset()) == before
+
+
 def _sink_files(out_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out_dir.iterdir()) if p.is_file()}
 

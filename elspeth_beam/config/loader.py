@@ -39,7 +39,8 @@ class LoadedPipeline:
 
     @property
     def settings_hash(self) -> str:
-        return stable_hash(self.settings.model_dump(mode="json"))
+        """What resume compares: everything that shapes processing (not where the audit goes)."""
+        return stable_hash(self.settings.model_dump(mode="json", exclude={"landscape"}))
 
 
 def redact(value: Any) -> Any:

@@ -30,6 +30,7 @@ class TriggerType(StrEnum):
     COUNT = "count"
     END_OF_SOURCE = "end_of_source"
     TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"  # recorded by resume: the process died before this batch flushed
 
 
 class RunStatus(StrEnum):

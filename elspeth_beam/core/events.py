@@ -110,6 +110,7 @@ class BatchOutputRecorded(_Event):
     batch_id: str
     token_id: str
     ordinal: int
+    token_json: str | None = None  # the full output token: resume re-emits it if it went no further
 
 
 class ArtifactRecorded(_Event):

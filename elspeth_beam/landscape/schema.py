@@ -170,6 +170,7 @@ batch_outputs = Table(
     Column("run_id", ID, nullable=False, index=True),
     Column("token_id", ID, primary_key=True),
     Column("ordinal", Integer, nullable=False),
+    Column("token_json", Text),
 )
 
 token_outcomes = Table(

@@ -35,3 +35,17 @@ def summarize(store: LandscapeStore, run_id: str) -> dict[str, Any]:
         "failed": by_outcome.get("failed", 0),
         "batches": batches,
     }
+
+
+def list_runs(store: LandscapeStore) -> list[dict[str, Any]]:
+    """Every run, newest first, with its row count."""
+    counts = (
+        select(s.rows.c.run_id, func.count().label("rows")).group_by(s.rows.c.run_id).subquery()
+    )
+    stmt = (
+        select(s.runs.c.run_id, s.runs.c.status, s.runs.c.started_at, func.coalesce(counts.c.rows, 0).label("rows"))
+        .outerjoin(counts, counts.c.run_id == s.runs.c.run_id)
+        .order_by(s.runs.c.started_at.desc())
+    )
+    with store.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(stmt).mappings()]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Tuple
 
 import apache_beam as beam
@@ -30,6 +31,7 @@ from apache_beam.transforms.userstate import (
 )
 from apache_beam.utils.timestamp import Timestamp
 
+from elspeth_beam import faults
 from elspeth_beam.config.settings import AggregationSettings
 from elspeth_beam.core import ids
 from elspeth_beam.core.canonical import canonical_json
@@ -38,6 +40,7 @@ from elspeth_beam.core.errors import ElspethError
 from elspeth_beam.core.events import BatchMemberRecorded, BatchOutputRecorded, BatchRecorded, utc_now
 from elspeth_beam.core.tokens import TokenInfo, TokenInfoCoder
 from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag
+from elspeth_beam.pipeline.restore import AggregationRestore, RestoredStateError
 from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import BatchPlugin
 
@@ -58,6 +61,18 @@ def end_of_window(window: Any) -> Timestamp:
     return Timestamp(micros=(window.end.micros // 1000) * 1000)
 
 
+@dataclass
+class KeyState:
+    """One key's state and timers, as bound for the current call."""
+
+    key: str
+    tokens: Any
+    count: Any
+    sequence: Any
+    deadline: Any
+    timeout_timer: Any
+
+
 class AggregationDoFn(AuditedDoFn):
     TOKENS = BagStateSpec("tokens", TokenInfoCoder())
     COUNT = CombiningValueStateSpec("count", CountCombineFn())
@@ -66,10 +81,17 @@ class AggregationDoFn(AuditedDoFn):
     END_OF_SOURCE = TimerSpec("end_of_source", TimeDomain.WATERMARK)
     TIMEOUT = TimerSpec("timeout", TimeDomain.REAL_TIME)
 
-    def __init__(self, ctx: NodeContext, settings: AggregationSettings, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        ctx: NodeContext,
+        settings: AggregationSettings,
+        clock: Clock = time.time,
+        restore: AggregationRestore | None = None,
+    ) -> None:
         super().__init__(ctx)
         self.settings = settings
         self.clock = clock
+        self.restore = restore or AggregationRestore()
         self.tag = out_tag(settings.on_success)
 
     def setup(self) -> None:
@@ -89,31 +111,39 @@ class AggregationDoFn(AuditedDoFn):
         timeout_timer=beam.DoFn.TimerParam(TIMEOUT),
     ) -> Iterator[Any]:
         key, token = element
-        tokens.add(token)
-        count.add(1)
-        ordinal = count.read() - 1
-        batch_id = self._batch_id(key, sequence.read() or 0)
-        if ordinal == 0:
-            self._start_batch(key, batch_id, sequence.read() or 0, window, end_timer, timeout_timer, deadline)
-        self.record(BatchMemberRecorded(run_id=self.ctx.run_id, batch_id=batch_id, token_id=token.token_id, ordinal=ordinal))
-        self.record_outcome(token, Outcome.BUFFERED, token_json=token.to_json_bytes().decode())
-        trigger = self.settings.trigger
-        if trigger.count is not None and ordinal + 1 >= trigger.count:
-            yield from self._flush(key, tokens, count, sequence, deadline, timeout_timer,
-                                   TriggerType.COUNT, f"count reached {trigger.count}")
+        state = KeyState(key, tokens, count, sequence, deadline, timeout_timer)
+        if sequence.read() is None:  # first sight of this key in this pipeline
+            sequence.write(self.restore.next_sequence.get(key, 0))
+            retry = self.restore.retries.get(key)
+            for member in retry.members if retry else ():
+                yield from self._accept(state, member, window, end_timer)
+        if token.token_id not in self.restore.skip_tokens:
+            yield from self._accept(state, token, window, end_timer)
         yield from self.audit_if_full()
 
-    def _start_batch(self, key, batch_id, seq, window, end_timer, timeout_timer, deadline) -> None:
-        self.record(
-            BatchRecorded(run_id=self.ctx.run_id, batch_id=batch_id, node_id=self.ctx.node_id, key=key,
-                          sequence=seq, status=BatchStatus.DRAFT)
-        )
-        end_timer.set(end_of_window(window))
-        timeout = self.settings.trigger.timeout_seconds
-        if timeout is not None:
-            due = self.clock() + timeout
-            deadline.write(due)
-            timeout_timer.set(due)
+    def _accept(self, state: KeyState, token: TokenInfo, window: Any, end_timer: Any) -> Iterator[Any]:
+        state.tokens.add(token)
+        state.count.add(1)
+        ordinal = state.count.read() - 1
+        seq = state.sequence.read()
+        batch_id = self._batch_id(state.key, seq)
+        if ordinal == 0:
+            attempt, retry_of = self.restore.attempt(state.key, seq)
+            self.record(
+                BatchRecorded(run_id=self.ctx.run_id, batch_id=batch_id, node_id=self.ctx.node_id, key=state.key,
+                              sequence=seq, attempt=attempt, retry_of_batch_id=retry_of, status=BatchStatus.DRAFT)
+            )
+            end_timer.set(end_of_window(window))
+            timeout = self.settings.trigger.timeout_seconds
+            if timeout is not None:
+                due = self.clock() + timeout
+                state.deadline.write(due)
+                state.timeout_timer.set(due)
+        self.record(BatchMemberRecorded(run_id=self.ctx.run_id, batch_id=batch_id, token_id=token.token_id, ordinal=ordinal))
+        self.record_outcome(token, Outcome.BUFFERED, token_json=token.to_json_bytes().decode())
+        limit = self.settings.trigger.count
+        if limit is not None and ordinal + 1 >= limit:
+            yield from self._flush(state, TriggerType.COUNT, f"count reached {limit}")
 
     # ---- triggers -------------------------------------------------------------------------
 
@@ -127,8 +157,8 @@ class AggregationDoFn(AuditedDoFn):
         deadline=beam.DoFn.StateParam(DEADLINE),
         timeout_timer=beam.DoFn.TimerParam(TIMEOUT),
     ) -> Iterator[Any]:
-        yield from self._flush(key, tokens, count, sequence, deadline, timeout_timer,
-                               TriggerType.END_OF_SOURCE, "end of source")
+        state = KeyState(key, tokens, count, sequence, deadline, timeout_timer)
+        yield from self._flush(state, TriggerType.END_OF_SOURCE, "end of source")
 
     @on_timer(TIMEOUT)
     def on_timeout(
@@ -145,30 +175,39 @@ class AggregationDoFn(AuditedDoFn):
         # is not a timeout — the end-of-source timer flushes those rows instead.
         if due is None or self.clock() < due:
             return
-        yield from self._flush(key, tokens, count, sequence, deadline, timeout_timer,
-                               TriggerType.TIMEOUT, f"timeout {self.settings.trigger.timeout_seconds:g}s")
+        state = KeyState(key, tokens, count, sequence, deadline, timeout_timer)
+        yield from self._flush(state, TriggerType.TIMEOUT, f"timeout {self.settings.trigger.timeout_seconds:g}s")
 
     # ---- flush ----------------------------------------------------------------------------
 
-    def _batch_id(self, key: str, seq: int, attempt: int = 1) -> str:
+    def _batch_id(self, key: str, seq: int) -> str:
+        attempt, _ = self.restore.attempt(key, seq)
         return ids.batch_id(self.ctx.run_id, self.ctx.node_id, key, seq, attempt)
 
-    def _flush(self, key, tokens, count, sequence, deadline, timeout_timer, trigger: TriggerType, reason: str) -> Iterator[Any]:
-        members: list[TokenInfo] = list(tokens.read())
-        seq = sequence.read() or 0
-        tokens.clear()
-        count.clear()
-        deadline.clear()
-        timeout_timer.clear()
-        if not members:
+    def _flush(self, state: KeyState, trigger: TriggerType, reason: str) -> Iterator[Any]:
+        members: list[TokenInfo] = list(state.tokens.read())
+        counted = state.count.read()
+        seq = state.sequence.read() or 0
+        state.tokens.clear()
+        state.count.clear()
+        state.deadline.clear()
+        state.timeout_timer.clear()
+        if not members and not counted:
             return
-        sequence.write(seq + 1)
-        yield from self.flush_batch(key, seq, members, trigger, reason)
+        if len(members) != counted:
+            raise RestoredStateError(
+                f"aggregation {self.ctx.node_id} key {state.key!r} batch {self._batch_id(state.key, seq)}: the count state "
+                f"says {counted} member(s) but the token bag holds {len(members)}; the restored state is inconsistent. "
+                "Discard the runner checkpoint and run `elspeth-beam resume` from the Landscape instead."
+            )
+        state.sequence.write(seq + 1)
+        yield from self.flush_batch(state.key, seq, members, trigger, reason)
 
-    def flush_batch(self, key: str, seq: int, members: list[TokenInfo], trigger: TriggerType, reason: str,
-                    attempt: int = 1, retry_of: str | None = None) -> Iterator[Any]:
+    def flush_batch(self, key: str, seq: int, members: list[TokenInfo], trigger: TriggerType, reason: str) -> Iterator[Any]:
         """The one audited flush: batch executing → node_state → completed/failed, members kept."""
-        batch_id = self._batch_id(key, seq, attempt)
+        attempt, retry_of = self.restore.attempt(key, seq)
+        batch_id = ids.batch_id(self.ctx.run_id, self.ctx.node_id, key, seq, attempt)
+        check_members(batch_id, members, self.ctx.run_id)
         batch = dict(run_id=self.ctx.run_id, batch_id=batch_id, node_id=self.ctx.node_id, key=key, sequence=seq,
                      attempt=attempt, trigger_type=trigger, trigger_reason=reason, retry_of_batch_id=retry_of)
         self.record(BatchRecorded(status=BatchStatus.EXECUTING, **batch))
@@ -176,7 +215,7 @@ class AggregationDoFn(AuditedDoFn):
             batch_id=batch_id,
             attempt=attempt,
             inputs=[m.row for m in members],
-            work=lambda: self._outputs(batch_id, members),
+            work=lambda: self._outputs(members),
             hash_output=lambda outs: [t.row for t in outs],
         )
         status = BatchStatus.COMPLETED if step.ok else BatchStatus.FAILED
@@ -192,11 +231,13 @@ class AggregationDoFn(AuditedDoFn):
         for ordinal, out in enumerate(outputs):
             if not passthrough:
                 self.record_token(out)
-            self.record(BatchOutputRecorded(run_id=self.ctx.run_id, batch_id=batch_id, token_id=out.token_id, ordinal=ordinal))
+            self.record(BatchOutputRecorded(run_id=self.ctx.run_id, batch_id=batch_id, token_id=out.token_id,
+                                            ordinal=ordinal, token_json=out.to_json_bytes().decode()))
             yield beam.pvalue.TaggedOutput(self.tag, out)
 
-    def _outputs(self, batch_id: str, members: list[TokenInfo]) -> list[TokenInfo]:
+    def _outputs(self, members: list[TokenInfo]) -> list[TokenInfo]:
         """Run the plugin and turn its rows into tokens with correct lineage per output mode."""
+        faults.in_flush(self.settings.name)
         rows = self.plugin.process_batch([dict(m.row) for m in members])
         mode, expected = self.settings.output_mode, self.settings.expected_output_count
         if mode == "passthrough":
@@ -222,17 +263,38 @@ class AggregationDoFn(AuditedDoFn):
         ]
 
 
+def check_members(batch_id: str, members: list[Any], run_id: str) -> None:
+    """A restored buffer must hold whole tokens of this run, each once — or say what is wrong."""
+    problems = []
+    seen: set[str] = set()
+    for i, m in enumerate(members):
+        if not isinstance(m, TokenInfo):
+            problems.append(f"member {i} is a {type(m).__name__}, not a TokenInfo (rows without tokens)")
+        elif m.run_id != run_id:
+            problems.append(f"member {i} ({m.token_id}) belongs to run {m.run_id}")
+        elif m.token_id in seen:
+            problems.append(f"member {i} repeats token {m.token_id}")
+        else:
+            seen.add(m.token_id)
+    if problems:
+        raise RestoredStateError(
+            f"batch {batch_id} cannot flush from its restored state: {'; '.join(problems)}. "
+            "Discard the runner checkpoint and run `elspeth-beam resume` from the Landscape instead."
+        )
+
+
 class Aggregate(beam.PTransform):
     """Key tokens by their group_by values, then aggregate them statefully."""
 
-    def __init__(self, ctx: NodeContext, settings: AggregationSettings, tags: list[str], clock: Clock = time.time) -> None:
+    def __init__(self, ctx: NodeContext, settings: AggregationSettings, tags: list[str],
+                 clock: Clock = time.time, restore: AggregationRestore | None = None) -> None:
         super().__init__()
-        self.ctx, self.settings, self.tags, self.clock = ctx, settings, tags, clock
+        self.ctx, self.settings, self.tags, self.clock, self.restore = ctx, settings, tags, clock, restore
 
     def expand(self, tokens):
         group_by = list(self.settings.group_by)
         return (
             tokens
             | "Key" >> beam.Map(lambda t: (group_key(t.row, group_by), t)).with_output_types(Tuple[str, TokenInfo])
-            | "Aggregate" >> beam.ParDo(AggregationDoFn(self.ctx, self.settings, self.clock)).with_outputs(*self.tags)
+            | "Aggregate" >> beam.ParDo(AggregationDoFn(self.ctx, self.settings, self.clock, self.restore)).with_outputs(*self.tags)
         )

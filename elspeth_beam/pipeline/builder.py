@@ -26,7 +26,9 @@ from elspeth_beam.config.loader import LoadedPipeline
 from elspeth_beam.core.enums import NodeType, Outcome
 from elspeth_beam.pipeline.audit import AUDIT_TAG, ERROR_TAG, NodeContext, out_tag
 from elspeth_beam.pipeline.gate import GateDoFn
+from elspeth_beam.core.tokens import TokenInfo
 from elspeth_beam.pipeline.landscape_sink import WriteLandscape
+from elspeth_beam.pipeline.restore import PipelineRestore
 from elspeth_beam.pipeline.sink import SinkDoFn
 from elspeth_beam.pipeline.source import ReadSource
 from elspeth_beam.pipeline.transform import TransformDoFn
@@ -37,7 +39,7 @@ class BuiltPipeline:
     audit: PCollection  # lists of audit events, flattened from every node (a tap for tests)
 
 
-def _node_transform(node: NodeSpec, ctx: NodeContext, tags: list[str]) -> beam.PTransform:
+def _node_transform(node: NodeSpec, ctx: NodeContext, tags: list[str], restore: PipelineRestore) -> beam.PTransform:
     if node.node_type is NodeType.TRANSFORM:
         return beam.ParDo(TransformDoFn(ctx, node.settings)).with_outputs(*tags)  # type: ignore[arg-type]
     if node.node_type is NodeType.GATE:
@@ -45,7 +47,7 @@ def _node_transform(node: NodeSpec, ctx: NodeContext, tags: list[str]) -> beam.P
     if node.node_type is NodeType.AGGREGATION:
         from elspeth_beam.pipeline.aggregation import Aggregate
 
-        return Aggregate(ctx, node.settings, tags)  # type: ignore[arg-type]
+        return Aggregate(ctx, node.settings, tags, restore=restore.aggregations.get(node.node_id))  # type: ignore[arg-type]
     raise ValueError(f"no Beam transform for node type {node.node_type}")
 
 
@@ -64,8 +66,12 @@ def _error_to_sink_item(pair):
     return (Outcome.QUARANTINED.value, token, error)
 
 
-def apply_graph(pipeline: beam.Pipeline, loaded: LoadedPipeline, run_id: str) -> BuiltPipeline:
+def apply_graph(
+    pipeline: beam.Pipeline, loaded: LoadedPipeline, run_id: str, restore: PipelineRestore | None = None
+) -> BuiltPipeline:
+    """Apply every node; ``restore`` (from ``resume``) skips finished work and refills buffers."""
     graph: PipelineGraph = loaded.graph
+    restore = restore or PipelineRestore()
     connections: dict[str, list[PCollection]] = defaultdict(list)
     sink_inputs: dict[str, list[PCollection]] = defaultdict(list)
     audits: list[PCollection] = []
@@ -77,21 +83,29 @@ def apply_graph(pipeline: beam.Pipeline, loaded: LoadedPipeline, run_id: str) ->
         if node.node_type is NodeType.SINK:
             inputs = sink_inputs[node.name]
             merged = inputs[0] if len(inputs) == 1 else inputs | f"{label} inputs" >> beam.Flatten()
-            written = merged | label >> beam.ParDo(SinkDoFn(ctx, node.name, node.settings)).with_outputs(AUDIT_TAG)
+            written = merged | label >> beam.ParDo(SinkDoFn(ctx, node.name, node.settings, restore.done_tokens)).with_outputs(AUDIT_TAG)
             audits.append(_written(written[AUDIT_TAG], label, url))
             continue
 
         tags = [AUDIT_TAG, ERROR_TAG, *(out_tag(d) for d in node.destinations)]
         if node.node_type is NodeType.SOURCE:
-            outputs = pipeline | label >> ReadSource(ctx, node.settings, tags)  # type: ignore[arg-type]
+            outputs = pipeline | label >> ReadSource(ctx, node.settings, tags, restore.settled_rows)  # type: ignore[arg-type]
         else:
             upstream = connections[node.input]  # type: ignore[index]
+            agg_restore = restore.aggregations.get(node.node_id)
+            if agg_restore and agg_restore.retries:  # interrupted batches' members re-enter here
+                members = [m for r in agg_restore.retries.values() for m in r.members]
+                upstream = [*upstream, pipeline | f"{label} restored" >> beam.Create(members).with_output_types(TokenInfo)]
             pcoll = upstream[0] if len(upstream) == 1 else upstream | f"{label} inputs" >> beam.Flatten()
-            outputs = pcoll | label >> _node_transform(node, ctx, tags)
+            outputs = pcoll | label >> _node_transform(node, ctx, tags, restore)
 
         audits.append(_written(outputs[AUDIT_TAG], label, url))
+        reemitted = restore.reemit.get(node.node_id)
         for dest in node.destinations:
             stream = outputs[out_tag(dest)]
+            if reemitted:  # resume: outputs of finished flushes whose next step never committed
+                again = pipeline | f"{label} re-emitted" >> beam.Create(list(reemitted)).with_output_types(TokenInfo)
+                stream = (stream, again) | f"{label} to {dest} with re-emitted" >> beam.Flatten()
             if graph.is_sink(dest):
                 sink_inputs[dest].append(stream | f"{label} to {dest}" >> beam.Map(_to_sink_item(_arrival(node))))
             else:

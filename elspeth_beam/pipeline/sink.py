@@ -53,10 +53,12 @@ def output_row(token: TokenInfo, error: dict[str, Any] | None) -> dict[str, Any]
 
 
 class SinkDoFn(AuditedDoFn):
-    def __init__(self, ctx: NodeContext, sink_name: str, settings: SinkSettings) -> None:
+    def __init__(self, ctx: NodeContext, sink_name: str, settings: SinkSettings,
+                 done_tokens: frozenset[str] = frozenset()) -> None:
         super().__init__(ctx)
         self.sink_name = sink_name
         self.settings = settings
+        self.done_tokens = done_tokens  # on resume: already written (or otherwise ended)
 
     def setup(self) -> None:
         self.plugin = registry.build(SinkPlugin, self.settings.plugin, self.settings.options)
@@ -67,7 +69,8 @@ class SinkDoFn(AuditedDoFn):
         self._items: list[SinkItem] = []
 
     def process(self, item: SinkItem) -> None:
-        self._items.append(item)
+        if item[1].token_id not in self.done_tokens:
+            self._items.append(item)
 
     def finish_bundle(self) -> Iterator[Any]:
         if self._items:

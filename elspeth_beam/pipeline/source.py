@@ -12,6 +12,7 @@ from typing import Any
 
 import apache_beam as beam
 
+from elspeth_beam import faults
 from elspeth_beam.config.settings import SourceSettings
 from elspeth_beam.core import ids
 from elspeth_beam.core.canonical import stable_hash
@@ -33,18 +34,21 @@ def _payload(record: SourceRecord) -> str:
 
 
 class SourceDoFn(AuditedDoFn):
-    def __init__(self, ctx: NodeContext, settings: SourceSettings) -> None:
+    def __init__(self, ctx: NodeContext, settings: SourceSettings, settled_rows: frozenset[int] = frozenset()) -> None:
         super().__init__(ctx)
         self.settings = settings
+        self.settled_rows = settled_rows  # on resume: rows the Landscape already accounts for
         self.tag = out_tag(settings.on_success)
 
     def setup(self) -> None:
         self.plugin = registry.build(SourcePlugin, self.settings.plugin, self.settings.options)
 
     def process(self, _: Any) -> Iterator[Any]:
-        for record in self.plugin.read():
-            yield from self._one(record)
-            yield from self.audit_if_full()
+        for produced, record in enumerate(self.plugin.read(), start=1):
+            if record.index not in self.settled_rows:
+                yield from self._one(record)
+                yield from self.audit_if_full()
+            faults.after_source_row(produced)
 
     def _one(self, record: SourceRecord) -> Iterator[Any]:
         run_id, node_id = self.ctx.run_id, self.ctx.node_id
@@ -83,13 +87,14 @@ class ReadSource(beam.PTransform):
     """Reads the whole file in one DoFn call: files are not splittable here, and reading
     inside the pipeline avoids materialising every row in the graph (Create is slow)."""
 
-    def __init__(self, ctx: NodeContext, settings: SourceSettings, tags: list[str]) -> None:
+    def __init__(self, ctx: NodeContext, settings: SourceSettings, tags: list[str],
+                 settled_rows: frozenset[int] = frozenset()) -> None:
         super().__init__()
-        self.ctx, self.settings, self.tags = ctx, settings, tags
+        self.ctx, self.settings, self.tags, self.settled_rows = ctx, settings, tags, settled_rows
 
     def expand(self, pbegin):
         return (
             pbegin
             | "Start" >> beam.Create([None])
-            | "Read" >> beam.ParDo(SourceDoFn(self.ctx, self.settings)).with_outputs(*self.tags)
+            | "Read" >> beam.ParDo(SourceDoFn(self.ctx, self.settings, self.settled_rows)).with_outputs(*self.tags)
         )

@@ -1,0 +1,163 @@
+"""resume: finish a run that died, from what the Landscape committed.
+
+The Landscape is the checkpoint on the DirectRunner: tokens buffered in aggregations carry
+their full TokenInfo (the ``buffered`` outcome's token_json), source rows keep their payload
+and every finished token has its terminal outcome. Resume marks batches left draft/executing
+``failed`` (trigger ``interrupted``, with a failed node_state saying why), rebuilds each as
+attempt + 1 with the same members in the same order, re-reads only the rows the Landscape does
+not account for, lets sinks skip tokens already written, and runs the rest of the pipeline
+under the same run id — so every row ends with exactly one terminal outcome per path and each
+sink holds every output exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from elspeth_beam.config.loader import LoadedPipeline, load_settings_dict
+from elspeth_beam.core import ids
+from elspeth_beam.core.canonical import stable_hash
+from elspeth_beam.core.enums import BatchStatus, NodeStateStatus, RunStatus, TriggerType
+from elspeth_beam.core.errors import ElspethError
+from elspeth_beam.core.events import AuditEvent, BatchRecorded, NodeStateRecorded, utc_now
+from elspeth_beam.core.tokens import TokenInfo
+from elspeth_beam.landscape import schema as s
+from elspeth_beam.landscape.store import LandscapeStore
+from elspeth_beam.pipeline.restore import AggregationRestore, PipelineRestore, RestoredStateError, RetryBatch
+from elspeth_beam.run import RunResult, execute_run
+
+_OPEN = (BatchStatus.DRAFT.value, BatchStatus.EXECUTING.value)
+
+
+class ResumeRefusedError(ElspethError):
+    """The run cannot (or need not) be resumed."""
+
+
+def settings_for(store: LandscapeStore, run_id: str, loaded: LoadedPipeline | None) -> LoadedPipeline:
+    """The run's own settings (from the Landscape) unless given; refuse if they changed."""
+    run = store.run(run_id)
+    if run["status"] == RunStatus.COMPLETED.value:
+        raise ResumeRefusedError(f"run {run_id} is already completed; there is nothing to resume")
+    if loaded is None:
+        if '"***"' in run["settings_json"]:
+            raise ResumeRefusedError(
+                f"run {run_id} was recorded with redacted secrets; pass its settings file with --settings"
+            )
+        raw = json.loads(run["settings_json"])
+        raw["landscape"] = {"url": store.url}
+        loaded = load_settings_dict(raw)
+    if loaded.settings_hash != run["settings_hash"]:
+        raise ResumeRefusedError(
+            f"the settings differ from those run {run_id} started with (hash {run['settings_hash'][:12]}… vs "
+            f"{loaded.settings_hash[:12]}…); resume with the original settings, or start a new run"
+        )
+    return loaded
+
+
+def plan_restore(store: LandscapeStore, run_id: str) -> tuple[PipelineRestore, list[AuditEvent]]:
+    """What the resumed pipeline restores, and the events that close interrupted batches."""
+    tokens = {t["token_id"]: t for t in store.table_rows(s.tokens, run_id)}
+    outcomes = store.table_rows(s.token_outcomes, run_id)
+    terminal = {o["token_id"] for o in outcomes if o["is_terminal"]}
+    token_json = {o["token_id"]: o["token_json"] for o in outcomes if o["outcome"] == "buffered"}
+    batches = {b["batch_id"]: b for b in store.table_rows(s.batches, run_id)}
+    members: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for m in store.table_rows(s.batch_members, run_id):
+        members[m["batch_id"]].append(m)
+
+    finished_members = {m["token_id"] for b, ms in members.items() if batches[b]["status"] not in _OPEN for m in ms}
+    next_sequence: dict[str, dict[str, int]] = defaultdict(dict)
+    for b in batches.values():
+        keyed = next_sequence[b["aggregation_node_id"]]
+        keyed[b["key"]] = max(keyed.get(b["key"], 0), b["sequence"] + 1)
+
+    retries: dict[str, dict[str, RetryBatch]] = defaultdict(dict)
+    closing: list[AuditEvent] = []
+    for b in sorted((b for b in batches.values() if b["status"] in _OPEN), key=lambda b: (b["sequence"], b["attempt"])):
+        node, key = b["aggregation_node_id"], b["key"]
+        if key in retries[node]:
+            raise RestoredStateError(
+                f"aggregation {node} key {key!r} has several unfinished batches ({retries[node][key].retry_of}, {b['batch_id']}); "
+                "the Landscape is inconsistent — inspect it with `elspeth-beam verify`"
+            )
+        restored = _restore_members(b, members[b["batch_id"]], tokens, token_json)
+        retries[node][key] = RetryBatch(key, b["sequence"], b["attempt"] + 1, b["batch_id"], restored)
+        next_sequence[node][key] = b["sequence"]
+        closing += _interrupted(run_id, b, restored)
+
+    retry_tokens = {m.token_id for rs in retries.values() for r in rs.values() for m in r.members}
+    reemit: dict[str, list[TokenInfo]] = defaultdict(list)
+    for out in sorted(store.table_rows(s.batch_outputs, run_id), key=lambda o: (o["batch_id"], o["ordinal"])):
+        batch = batches[out["batch_id"]]
+        if batch["status"] == BatchStatus.COMPLETED.value and out["token_id"] not in terminal | retry_tokens | finished_members:
+            reemit[batch["aggregation_node_id"]].append(TokenInfo.from_json_bytes(out["token_json"].encode()))
+    reemitted = {t.token_id for ts in reemit.values() for t in ts}
+    accounted = terminal | retry_tokens | reemitted | finished_members
+    by_row: dict[str, list[str]] = defaultdict(list)
+    for tid, t in tokens.items():
+        by_row[t["row_id"]].append(tid)
+    rows = store.table_rows(s.rows, run_id)
+    settled = frozenset(r["row_index"] for r in rows if by_row[r["row_id"]] and set(by_row[r["row_id"]]) <= accounted)
+    aggregations = {
+        node: AggregationRestore(
+            next_sequence=dict(next_sequence.get(node, {})),
+            retries=dict(retries.get(node, {})),
+            skip_tokens=frozenset(finished_members | retry_tokens),
+        )
+        for node in set(next_sequence) | set(retries)
+    }
+    restore = PipelineRestore(
+        settled_rows=settled,
+        done_tokens=frozenset(terminal),
+        aggregations=aggregations,
+        reemit={node: tuple(ts) for node, ts in reemit.items()},
+    )
+    return restore, closing
+
+
+def _restore_members(batch: dict[str, Any], rows: list[dict[str, Any]], tokens: dict[str, Any],
+                     token_json: dict[str, str | None]) -> tuple[TokenInfo, ...]:
+    restored = []
+    for m in sorted(rows, key=lambda m: m["ordinal"]):
+        tid = m["token_id"]
+        if tid not in tokens:
+            raise RestoredStateError(f"batch {batch['batch_id']} lists member {tid}, which is not a token of this run")
+        if not token_json.get(tid):
+            raise RestoredStateError(
+                f"batch {batch['batch_id']} member {tid} has no buffered token in the Landscape, so it cannot be "
+                "restored with its lineage; this run cannot be resumed — start a new run"
+            )
+        token = TokenInfo.from_json_bytes(token_json[tid].encode())  # type: ignore[union-attr]
+        if token.token_id != tid:
+            raise RestoredStateError(f"batch {batch['batch_id']}: buffered token {token.token_id} recorded as {tid}")
+        restored.append(token)
+    return tuple(restored)
+
+
+def _interrupted(run_id: str, batch: dict[str, Any], members: tuple[TokenInfo, ...]) -> list[AuditEvent]:
+    """A failed node_state and a failed batch for an attempt the process did not finish."""
+    node, attempt = batch["aggregation_node_id"], batch["attempt"]
+    state_id = ids.state_id(batch["batch_id"], node, attempt)
+    now = utc_now()
+    error = {"type": "Interrupted", "message": f"the process stopped while batch {batch['batch_id']} was {batch['status']}; "
+             f"retried by resume as attempt {attempt + 1}", "node_id": node, "traceback": []}
+    return [
+        NodeStateRecorded(run_id=run_id, state_id=state_id, node_id=node, batch_id=batch["batch_id"], attempt=attempt,
+                          status=NodeStateStatus.FAILED, input_hash=stable_hash([m.row for m in members]),
+                          duration_ms=0.0, error_json=json.dumps(error, sort_keys=True), started_at=now, completed_at=now),
+        BatchRecorded(run_id=run_id, batch_id=batch["batch_id"], node_id=node, key=batch["key"], sequence=batch["sequence"],
+                      attempt=attempt, status=BatchStatus.FAILED, trigger_type=TriggerType.INTERRUPTED,
+                      trigger_reason="interrupted", aggregation_state_id=state_id, completed_at=now),
+    ]
+
+
+def resume_run(
+    store: LandscapeStore, run_id: str, loaded: LoadedPipeline | None = None, *, beam_args: Sequence[str] = (), **run_kwargs: Any
+) -> RunResult:
+    loaded = settings_for(store, run_id, loaded)
+    restore, closing = plan_restore(store, run_id)
+    store.write_events(closing)
+    return execute_run(loaded, beam_args=beam_args, run_id=run_id, restore=restore, **run_kwargs)
