@@ -31,3 +31,33 @@ def retarget(settings: dict, out_dir: Path) -> dict:
 def quickstart_settings(tmp_path: Path) -> dict:
     raw = yaml.safe_load(QUICKSTART.read_text())
     return retarget(raw, tmp_path / "out")
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty PostgreSQL database (dropped afterwards); skips without a server."""
+    import os
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = os.environ.get("ELSPETH_TEST_POSTGRES_URL")
+    if not admin:
+        pytest.skip("set ELSPETH_TEST_POSTGRES_URL to a PostgreSQL server (.ci/run starts one)")
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(admin).set(database=name).render_as_string(hide_password=False)
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def landscape_url(request, tmp_path):
+    """The Landscape under test: SQLite always; PostgreSQL in the `postgres` suite."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'landscape.db'}"
+    return request.getfixturevalue("postgres_url")

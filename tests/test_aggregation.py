@@ -27,6 +27,7 @@ from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.landscape import explain
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
+from elspeth_beam.run import RunnerUnsuitableError
 
 TESTS_DIR = Path(__file__).resolve().parent
 AGG = "aggregation:agg"
@@ -325,7 +326,7 @@ def test_count_trigger_exact_with_remainder_at_end_of_source(tmp_path, n, count)
     batch_sizes_are_exact(audit, keys, count)
 
 
-@hsettings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@hsettings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), n=st.integers(1, 60), k=st.integers(1, 4), count=st.integers(1, 7))
 def test_count_trigger_property(tmp_path_factory, data, n, k, count):
     keys = data.draw(st.lists(st.sampled_from("abcd"[:k]), min_size=n, max_size=n), label="keys")
@@ -453,6 +454,19 @@ def test_transform_mode_mints_new_tokens_with_all_members_as_parents(dedupe_run)
     assert set(sink_rows) == set(minted)
 
 
+def test_explain_row_of_a_dropped_duplicate_reaches_the_batch_outputs(dedupe_run):
+    _, audit, _ = dedupe_run
+    (first_a,) = [b for b in audit.by_key()[gkey("a")] if b["sequence"] == 0]
+    e = explain.explain_row(audit.store, audit.run_id, row_index=2)  # the second "t1": dropped by dedupe
+    member = audit.source_token(2)
+    assert [t["token_id"] for t in e["tokens"]] == [member, *audit.outputs[first_a["batch_id"]]]
+    assert e["tokens"][0]["outcome"]["outcome"] == "consumed_in_batch"
+    assert e["tokens"][0]["batches"] == [first_a["batch_id"]]
+    assert all(t["produced_by_batch"] == first_a["batch_id"] for t in e["tokens"][1:])
+    assert [b["batch_id"] for b in e["batches"]] == [first_a["batch_id"]]
+    assert e["batches"][0]["flush_state"]["state_id"] == first_a["aggregation_state_id"]
+
+
 def test_transform_mode_expected_output_count_mismatch_fails_the_flush(tmp_path):
     settings = agg_settings(
         tmp_path, DEDUPE_ROWS, plugin="dedupe", options={"fields": ["txn"]}, count=4, output_mode="transform", expected_output_count=1
@@ -518,7 +532,7 @@ def test_explain_transform_output_reaches_every_member_row_even_dropped_duplicat
 # ---- 4. a failing flush ---------------------------------------------------------------------
 
 
-BOOM_ROWS = [{"id": i, "k": k, "v": i, "bad": i == 4} for i, k in enumerate("aaaabbabba")]
+BOOM_ROWS = [{"id": i, "k": k, "v": i, "bad": i == 4} for i, k in enumerate("aaaaababba")]
 # key a: ids 0 1 2 | 3 4 6 (4 is bad) | 9 (end of source);  key b: 5 7 8 (count)
 
 
@@ -648,6 +662,13 @@ def test_accounts_pipeline_totals_count_each_unique_charge_once(accounts_run):
     assert dict(per_account) == {acc: len(txns) for acc, txns in expected.items()}
 
 
+def test_accounts_runs_on_a_runner_that_keeps_the_chained_end_of_source(accounts_run, tmp_path):
+    result, settings = accounts_run
+    assert result.result.runner == "DirectRunner (BundleBasedDirectRunner)"
+    with pytest.raises(RunnerUnsuitableError, match="dedupe_resent"):
+        testing.run_for_test(settings, tmp_path, beam_args=("--runner=FnApiRunner",))
+
+
 def test_accounts_totals_line_explains_back_to_source_rows(accounts_run):
     result, settings = accounts_run
     store, run_id = result.store, result.run_id
@@ -660,8 +681,23 @@ def test_accounts_totals_line_explains_back_to_source_rows(accounts_run):
     tokens = {t["token_id"]: t for t in store.table_rows(s.tokens, run_id)}
     rows = {r["row_id"]: r for r in store.table_rows(s.rows, run_id)}
 
-    covered: set[int] = set()
-    for n, line in enumerate(lines, start=1):
+    # every valid charge row contributes to some totals line (walked by hand over all lines)
+    covered = {
+        rows[tokens[t]["row_id"]]["row_index"]
+        for line_token in (o["token_id"] for o in store.table_rows(s.token_outcomes, run_id) if o["sink_name"] == "totals")
+        for dedupe_out in members[produced_by[line_token]]
+        for t in members[produced_by[dedupe_out]]
+    }
+    charges = {
+        r["row_index"]
+        for r in rows.values()
+        if "row" in json.loads(r["payload_json"]) and json.loads(r["payload_json"])["row"]["amount"] >= 0
+    }
+    assert covered == charges
+
+    # explain (which reads the Landscape on its own) agrees for the first, a middle and the last line
+    for n in sorted({1, len(lines) // 2, len(lines)}):
+        line = lines[n - 1]
         token_id = explain.token_at_sink_line(store, run_id, "totals", n)
         e = explain.explain_token(store, run_id, token_id)
         # expected source rows, walked by hand: totals batch → dedupe outputs → dedupe batches → rows
@@ -677,11 +713,5 @@ def test_accounts_totals_line_explains_back_to_source_rows(accounts_run):
         for b in explained_batches.values():
             assert b["flush_state"] is not None and b["flush_state"]["status"] == "completed"
             assert b["trigger_type"] in ("count", "end_of_source")
-        covered |= set(got)
-    # every valid charge row contributed to some totals line
-    charges = {
-        r["row_index"]
-        for r in rows.values()
-        if r["payload_json"] and "row" in json.loads(r["payload_json"]) and json.loads(r["payload_json"])["row"]["amount"] >= 0
-    }
-    assert covered == charges
+        text = explain.render_text(e)
+        assert "source rows: " + ", ".join(map(str, expected)) in text

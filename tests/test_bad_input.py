@@ -105,17 +105,23 @@ def test_misspelt_key_names_its_path(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing ran
 
 
-def test_unknown_runner_is_a_clear_error_and_leaves_no_running_run(tmp_path):
+def test_unknown_runner_is_a_clear_error(tmp_path):
     src = tmp_path / "in.csv"
     src.write_text("a,b\n1,2\n")
-    db = tmp_path / "l.db"
-    proc = _cli("run", str(_write_yaml(tmp_path, _simple(tmp_path, src))), "--landscape-url", f"sqlite:///{db}",
+    proc = _cli("run", str(_write_yaml(tmp_path, _simple(tmp_path, src))), "--landscape-url", _landscape(tmp_path),
                 "--runner", "NoSuchRunner")
     _assert_usage_error(proc)
     assert "NoSuchRunner" in proc.stderr
-    if db.exists():  # a run recorded before the mistake was noticed must not stay 'running' forever
-        statuses = [r["status"] for r in LandscapeStore(f"sqlite:///{db}").table_rows(s.runs)]
-        assert "running" not in statuses, statuses
+
+
+def test_unknown_runner_does_not_leave_a_run_running(tmp_path):
+    """A run recorded before the mistake was noticed is marked failed (or never recorded)."""
+    src = tmp_path / "in.csv"
+    src.write_text("a,b\n1,2\n")
+    with pytest.raises(Exception, match="NoSuchRunner"):
+        testing.run_for_test(_simple(tmp_path, src), tmp_path, run_id="run-bad-runner", beam_args=("--runner", "NoSuchRunner"))
+    runs = LandscapeStore(testing.landscape_url(tmp_path)).table_rows(s.runs)
+    assert [r["status"] for r in runs] in ([], ["failed"]), runs
 
 
 @pytest.mark.parametrize("command", ["explain", "verify"])

@@ -273,6 +273,7 @@ def test_coder_used_by_group_by_key_on_fnapirunner(monkeypatch):
     # the GroupByKey's PCollection carries the registered deterministic coder
     coder = coders.registry.get_coder(keyed.element_type)
     assert coder.is_deterministic()
+    assert isinstance(coder.coders()[1], TokenInfoCoder)
     # our coder really did the work (not a pickle fallback)
     assert set(encoded_ids) >= {t.token_id for t in inputs}
 

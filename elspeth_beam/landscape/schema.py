@@ -1,5 +1,7 @@
 """Landscape tables (DESIGN §4) in SQLAlchemy Core; portable across SQLite and PostgreSQL.
 
+Audit events arrive from many bundles in any order, so event tables carry no foreign keys
+(a token may land before its row); ``verify`` checks referential integrity instead.
 Discipline enforced by the schema itself: a completed node_state has an output hash, a failed
 one an error, both a duration; ``(token_id, node_id, attempt)`` is unique; a token has at
 most one terminal outcome (partial unique index).
@@ -68,7 +70,7 @@ rows = Table(
     "rows",
     metadata,
     Column("row_id", ID, primary_key=True),
-    Column("run_id", ID, ForeignKey("runs.run_id"), nullable=False, index=True),
+    Column("run_id", ID, nullable=False, index=True),
     Column("source_node_id", String(200), nullable=False),
     Column("row_index", Integer, nullable=False),
     Column("source_data_hash", String(64), nullable=False),
@@ -81,7 +83,7 @@ tokens = Table(
     metadata,
     Column("token_id", ID, primary_key=True),
     Column("run_id", ID, nullable=False, index=True),
-    Column("row_id", ID, ForeignKey("rows.row_id"), nullable=False, index=True),
+    Column("row_id", ID, nullable=False, index=True),
     Column("branch_name", String(200)),
     Column("created_at_node", String(200), nullable=False),
     Column("created_at", TS, nullable=False),
@@ -129,7 +131,7 @@ routing_events = Table(
     metadata,
     Column("routing_id", ID, primary_key=True),
     Column("run_id", ID, nullable=False, index=True),
-    Column("state_id", ID, ForeignKey("node_states.state_id"), nullable=False, index=True),
+    Column("state_id", ID, nullable=False, index=True),
     Column("route_label", String(200), nullable=False),
     Column("destination", String(200), nullable=False),
     Column("mode", String(8), nullable=False),

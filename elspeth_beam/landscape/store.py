@@ -8,6 +8,7 @@ open < completed|failed). Replaying any set of events, in any order, changes not
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, and_, bindparam, create_engine, event, or_, select, update
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import OperationalError
 
 from elspeth_beam.core.enums import BatchStatus, NodeStateStatus
 from elspeth_beam.core.errors import LandscapeError, RunNotFoundError
@@ -34,6 +36,12 @@ from elspeth_beam.core.events import (
 from elspeth_beam.landscape import schema as s
 
 DEFAULT_URL = "sqlite:///runs/landscape.db"
+_DEADLOCK_RETRIES = 5
+
+
+def _is_retryable(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return "deadlock" in text or "could not serialize" in text or "database is locked" in text
 
 
 def normalize_url(url_or_path: str) -> str:
@@ -74,7 +82,9 @@ def _insert_ignore(conn: Connection, table: Table, rows: Sequence[dict[str, Any]
     else:  # pragma: no cover - guarded at engine creation in practice
         raise LandscapeError(f"unsupported Landscape database dialect {dialect!r}: use SQLite or PostgreSQL")
     keys = [c.name for c in table.primary_key.columns]
-    conn.execute(insert(table).on_conflict_do_nothing(index_elements=keys), list(rows))
+    # one key order for every writer: concurrent transactions lock rows in the same order
+    ordered = sorted(rows, key=lambda r: tuple(str(r[k]) for k in keys))
+    conn.execute(insert(table).on_conflict_do_nothing(index_elements=keys), ordered)
 
 
 def _dump(ev: AuditEvent, *drop: str) -> dict[str, Any]:
@@ -103,8 +113,15 @@ class LandscapeStore:
             by_kind[ev.kind].append(ev)
         if not by_kind:
             return
-        with self.engine.begin() as conn:
-            self._write(conn, by_kind)
+        for attempt in range(_DEADLOCK_RETRIES):
+            try:
+                with self.engine.begin() as conn:
+                    self._write(conn, by_kind)
+                return
+            except OperationalError as exc:  # PostgreSQL picks a deadlock victim: replay is safe
+                if attempt + 1 == _DEADLOCK_RETRIES or not _is_retryable(exc):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def _write(self, conn: Connection, by_kind: dict[str, list[AuditEvent]]) -> None:
         rows_: list[RowRecorded] = by_kind.get("row", [])  # type: ignore[assignment]

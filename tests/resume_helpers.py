@@ -1,0 +1,150 @@
+"""Helpers for the crash-and-resume tests (``test_resume*.py``).
+
+- ``Passthrough``: a user batch plugin (passthrough mode) referenced from YAML by dotted path
+  ``resume_helpers.Passthrough``; the CLI subprocesses get this folder on ``PYTHONPATH``.
+- builders for the deterministic keyed input and the pipelines the crash tests run;
+- ``cli()``: run ``python -m elspeth_beam.cli …`` in a subprocess and capture everything;
+- readers for sink files and Landscape tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from elspeth_beam.plugins.base import BatchPlugin, PluginOptions
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO = TESTS_DIR.parent
+
+
+# ---- a user batch plugin ------------------------------------------------------------------
+
+
+class PassthroughOptions(PluginOptions):
+    field: str = "seen"
+
+
+class Passthrough(BatchPlugin):
+    """Passthrough: every row comes back unchanged plus ``field: True``.
+
+    It adds nothing that depends on batch composition, so the sink content is the same
+    whichever rows share a batch (the uninterrupted run is a faithful reference).
+    """
+
+    name = "passthrough_for_resume"
+    Options = PassthroughOptions
+    options: PassthroughOptions
+
+    def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**row, self.options.field: True} for row in rows]
+
+
+# ---- input and pipelines ------------------------------------------------------------------
+
+KEYS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot")
+
+
+def keyed_rows(keys: tuple[str, ...] = KEYS, per_key: int = 40) -> list[dict[str, Any]]:
+    """Interleaved keys, each with its own sequence 0..per_key-1 and a deterministic value."""
+    return [
+        {"key": k, "seq": seq, "value": (seq * 7 + i * 3) % 23 + 0.5}
+        for seq in range(per_key)
+        for i, k in enumerate(keys)
+    ]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def gate_passthrough_settings(source: Path, out_dir: Path, *, count: int = 7) -> dict[str, Any]:
+    """source → gate (seq % 5 == 0 → sink ``fifths``) → passthrough aggregation (count) → ``main``."""
+    return {
+        "source": {"plugin": "jsonl", "on_success": "raw", "options": {"path": str(source)}},
+        "gates": [
+            {"name": "fifths_gate", "input": "raw", "condition": "row['seq'] % 5 == 0", "on_error": "quarantine",
+             "routes": {"true": "fifths", "false": "rest"}},
+        ],
+        "aggregations": [
+            {"name": "pass", "plugin": "resume_helpers.Passthrough", "input": "rest", "on_success": "main",
+             "on_error": "quarantine", "group_by": ["key"], "trigger": {"count": count},
+             "output_mode": "passthrough"},
+        ],
+        "sinks": {
+            "main": {"plugin": "jsonl", "options": {"path": str(out_dir / "main.jsonl")}},
+            "fifths": {"plugin": "jsonl", "options": {"path": str(out_dir / "fifths.jsonl")}},
+        },
+    }
+
+
+def stats_settings(source: Path, out_dir: Path) -> dict[str, Any]:
+    """source → batch_stats per key, single mode, end-of-source trigger only → ``totals``."""
+    return {
+        "source": {"plugin": "jsonl", "on_success": "raw", "options": {"path": str(source)}},
+        "aggregations": [
+            {"name": "stats", "plugin": "batch_stats", "input": "raw", "on_success": "totals",
+             "on_error": "quarantine", "group_by": ["key"], "output_mode": "single",
+             "options": {"fields": ["value", "seq"], "stats": ["count", "sum", "min", "max"]}},
+        ],
+        "sinks": {"totals": {"plugin": "jsonl", "options": {"path": str(out_dir / "totals.jsonl")}}},
+    }
+
+
+def write_yaml(path: Path, settings: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return path
+
+
+# ---- the CLI in a subprocess --------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    code: int
+    stdout: str
+    stderr: str
+
+    def __str__(self) -> str:
+        return f"exit {self.code}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+
+
+def cli(*args: str, fault: str | None = None, cwd: Path | None = None, timeout: float = 180) -> Proc:
+    """``python -m elspeth_beam.cli ARGS`` with this folder importable; stdout/stderr captured."""
+    env = {k: v for k, v in os.environ.items() if k != "ELSPETH_FAULT"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
+    if fault is not None:
+        env["ELSPETH_FAULT"] = fault
+    done = subprocess.run(
+        [sys.executable, "-m", "elspeth_beam.cli", *args],
+        cwd=str(cwd or REPO), env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    return Proc(done.returncode, done.stdout, done.stderr)
+
+
+# ---- reading results ----------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def canonical_records(records: list[dict[str, Any]]) -> list[str]:
+    return sorted(json.dumps(r, sort_keys=True) for r in records)
+
+
+def duplicates(items: list[Any]) -> dict[Any, int]:
+    return {k: n for k, n in Counter(items).items() if n > 1}
