@@ -86,7 +86,7 @@ def _store(landscape: str):
 
     if "://" not in landscape and not Path(landscape).is_file():
         raise LandscapeError(f"no Landscape database at {landscape!r}; run a pipeline first or pass its path/URL")
-    return LandscapeStore(landscape, create=False)
+    return LandscapeStore.open_existing(landscape)
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -138,6 +138,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def _quiet_beam_import_noise(record: logging.LogRecord) -> bool:
+    """Beam warns about optional Google Cloud libraries on every run; they are not needed."""
+    return "apitools not found" not in record.getMessage()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
@@ -151,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if beam_args and args.command not in ("run", "resume"):
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger().addFilter(_quiet_beam_import_noise)
     try:
         if args.command == "run":
             return _cmd_run(args, beam_args)

@@ -32,11 +32,8 @@ from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import SinkPlugin, SourcePlugin
 
 # The DirectRunner would first try to download Beam's Prism binary; its own pure-Python
-# fallbacks run offline, so "DirectRunner" resolves to them directly: the FnApiRunner (fast)
-# unless the pipeline streams or chains aggregations — the FnApiRunner (Beam 2.77) drops the
-# end-of-source timer of a stateful stage fed by another stateful stage's timer output
-# (measured: a chain of two GroupIntoBatches loses the second one's remainder), while the
-# BundleBasedDirectRunner holds the watermark correctly.
+# fallbacks run offline, so "DirectRunner" resolves to them directly: the FnApiRunner (fast),
+# or the BundleBasedDirectRunner for streaming.
 _DIRECT_ALIASES = {"directrunner", "direct"}
 
 
@@ -75,10 +72,6 @@ def new_run_id() -> str:
     return f"run-{stamp}-{secrets.token_hex(3)}"
 
 
-class RunnerUnsuitableError(ElspethError):
-    """The requested runner is known to mishandle this pipeline's shape."""
-
-
 def pipeline_options(loaded: LoadedPipeline, beam_args: Sequence[str] = ()) -> tuple[PipelineOptions, str]:
     """Beam options from settings then command line (command line wins); the runner name."""
     run = loaded.settings.run
@@ -86,16 +79,8 @@ def pipeline_options(loaded: LoadedPipeline, beam_args: Sequence[str] = ()) -> t
     standard = options.view_as(StandardOptions)
     requested = standard.runner or run.runner
     runner = requested
-    chained = loaded.graph.chained_aggregations()
     if requested.lower() in _DIRECT_ALIASES:
-        runner = "BundleBasedDirectRunner" if standard.streaming or chained else "FnApiRunner"
-    elif runner == "FnApiRunner" and chained:
-        up, down = chained[0]
-        raise RunnerUnsuitableError(
-            f"aggregation {down!r} is fed by aggregation {up!r}: the FnApiRunner drops the end-of-source "
-            "flush of such a chain (Beam 2.77). Use --runner=DirectRunner (picks BundleBasedDirectRunner) "
-            "or a distributed runner."
-        )
+        runner = "BundleBasedDirectRunner" if standard.streaming else "FnApiRunner"
     standard.runner = runner
     label = f"{requested} ({runner})" if runner != requested else runner
     return options, label
@@ -155,6 +140,7 @@ def execute_run(
     run_id = run_id or new_run_id()
     options, runner_label = pipeline_options(loaded, beam_args)
     preflight(loaded)
+    pipeline = _make(make_pipeline, options)
     store = LandscapeStore(loaded.settings.landscape.url)
     store.begin_run(
         run_id=run_id,
@@ -166,8 +152,7 @@ def execute_run(
         edges=loaded.graph.edges(),
     )
     started = time.perf_counter()
-    pipeline = make_pipeline(options) if make_pipeline else beam.Pipeline(options=options)
-    built = apply_graph(pipeline, loaded, run_id, restore)
+    built = apply_graph(pipeline, loaded, run_id, restore, streaming=options.view_as(StandardOptions).streaming)
     if tap is not None:
         tap(built)
     try:
@@ -190,6 +175,18 @@ def execute_run(
         summary=summary,
         report=report,
     )
+
+
+class RunnerError(ElspethError):
+    """Beam cannot create the requested runner."""
+
+
+def _make(make_pipeline: Callable[[PipelineOptions], beam.Pipeline] | None, options: PipelineOptions) -> beam.Pipeline:
+    """The Beam pipeline — built before the run is recorded, so a bad runner records nothing."""
+    try:
+        return make_pipeline(options) if make_pipeline else beam.Pipeline(options=options)
+    except ValueError as exc:
+        raise RunnerError(str(exc)) from None
 
 
 def _root_message(exc: BaseException) -> str:

@@ -15,12 +15,12 @@ from elspeth_beam.landscape.store import LandscapeStore
 
 # runs/nodes/edges come from the run lifecycle (begin_run/finish_run), not from audit events;
 # so do the "merged" artifacts, which merge_sinks writes after the pipeline has finished.
-LIFECYCLE_TABLES = {"runs", "nodes", "edges"}
+LIFECYCLE_TABLES = {"runs", "nodes", "edges", "landscape_schema"}
 
 
 def event_tables(store: LandscapeStore) -> dict[str, list[str]]:
-    """The snapshot of every table the audit events fill (merged artifacts left out)."""
-    snap = testing.snapshot(store)
+    """Every table the audit events fill, all columns (merged artifacts left out)."""
+    snap = testing.snapshot(store, ignore=frozenset())  # timestamps too: they travel in the events
     out = {name: rows for name, rows in snap.items() if name not in LIFECYCLE_TABLES}
     out["artifacts"] = [a for a in out["artifacts"] if json.loads(a)["artifact_kind"] != "merged"]
     return out

@@ -34,7 +34,7 @@ json_scalars = (
 json_values = st.recursive(
     json_scalars,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
-    max_leaves=25,
+    max_leaves=15,
 )
 rows = st.dictionaries(st.text(max_size=8), json_values, max_size=6)
 ids_text = st.text(min_size=1, max_size=20)
@@ -175,7 +175,7 @@ def test_coder_equality_and_hash():
 
 
 @given(tokens)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_coder_round_trip_preserves_value_and_types(t):
     encoded = CODER.encode(t)
     back = CODER.decode(encoded)
@@ -192,7 +192,7 @@ def test_coder_round_trip_preserves_value_and_types(t):
 
 
 @given(tokens)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=75, deadline=None)
 def test_coder_is_deterministic(t):
     first = CODER.encode(t)
     assert CODER.encode(t) == first
@@ -297,8 +297,11 @@ def test_ids_deterministic_and_prefixed():
         assert a.startswith(prefix)
         suffix = a[len(prefix):]
         assert len(suffix) == 24 and all(c in "0123456789abcdef" for c in suffix)
-    # golden value: ids must not change between versions (the Landscape keys on them)
-    assert ids.row_id("run", "source:s", 0) == ids.make_id("row", "run", "source:s", 0)
+    # golden values: ids must not change between versions (resume matches work against
+    # ids already stored in a Landscape)
+    assert ids.row_id("run", "source:s", 0) == "row_6eadbe77c7646576a58667f2"
+    assert ids.token_id(["row_x"], "source:s", 0) == "tok_332c6b5cb8e819c41f0ffd62"
+    assert ids.batch_id("run", "aggregation:a", "key", 0, 1) == "bat_e92bf8c0ecf0048a4b561adc"
 
 
 def test_token_ids_accept_tuple_or_list_parents():
@@ -323,7 +326,7 @@ def test_different_kinds_never_collide():
     st.tuples(st.text(max_size=10), st.text(max_size=10), st.integers(min_value=0, max_value=10**9)),
     st.tuples(st.text(max_size=10), st.text(max_size=10), st.integers(min_value=0, max_value=10**9)),
 )
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_row_ids_distinct_for_distinct_inputs(a, b):
     if a == b:
         assert ids.row_id(*a) == ids.row_id(*b)
@@ -335,6 +338,6 @@ def test_row_ids_distinct_for_distinct_inputs(a, b):
     st.tuples(st.lists(st.text(max_size=6), max_size=3), st.text(max_size=6), st.integers(min_value=0, max_value=100)),
     st.tuples(st.lists(st.text(max_size=6), max_size=3), st.text(max_size=6), st.integers(min_value=0, max_value=100)),
 )
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_token_ids_distinct_for_distinct_inputs(a, b):
     assert (ids.token_id(*a) == ids.token_id(*b)) == (a == b)

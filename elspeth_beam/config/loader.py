@@ -39,8 +39,9 @@ class LoadedPipeline:
 
     @property
     def settings_hash(self) -> str:
-        """What resume compares: everything that shapes processing (not where the audit goes)."""
-        return stable_hash(self.settings.model_dump(mode="json", exclude={"landscape"}))
+        """What resume compares: everything that shapes processing (not where the audit goes).
+        Hashed after redaction, so the recorded hash cannot be used to guess a secret."""
+        return stable_hash(redact(self.settings.model_dump(mode="json", exclude={"landscape"})))
 
 
 def redact(value: Any) -> Any:
@@ -77,10 +78,11 @@ def expand_env(value: Any, where: str, problems: list[str]) -> Any:
     if isinstance(value, str):
         def sub(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
+            value = os.environ.get(name)
+            if default is not None and not value:  # like the shell: unset or empty → default
                 return default
+            if value is not None:
+                return value
             problems.append(f"{where}: environment variable {name} is not set (or give ${{{name}:-default}})")
             return match.group(0)
 

@@ -21,23 +21,44 @@ from elspeth_beam.core.errors import CanonicalizationError
 __all__ = ["canonical_json", "stable_hash", "normalize"]
 
 
-def _number(value: int | float) -> int | float:
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise CanonicalizationError(
-                f"{value!r} has no canonical JSON form; replace NaN/Infinity with null or a finite number"
-            )
-        if value.is_integer() and abs(value) < 2**53:
-            return int(value)
+def _check_finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise CanonicalizationError(
+            f"{value!r} has no canonical JSON form; replace NaN/Infinity with null or a finite number"
+        )
     return value
+
+
+def _es_number(value: float) -> str:
+    """A finite float as ECMAScript's Number.prototype.toString writes it (RFC 8785 §3.2.2.3):
+    the shortest round-trip digits (Python's repr), plain notation for exponents in [-7, 21)."""
+    if value == 0:
+        return "0"
+    sign = "-" if value < 0 else ""
+    _, digit_tuple, exponent = Decimal(repr(abs(value))).as_tuple()
+    digits = "".join(map(str, digit_tuple)).rstrip("0") or "0"
+    exponent += len(digit_tuple) - len(digits)  # value = digits × 10^exponent
+    k, n = len(digits), exponent + len(digits)  # n: position of the decimal point
+    if k <= n <= 21:
+        text = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        text = f"{digits[:n]}.{digits[n:]}"
+    elif -6 < n <= 0:
+        text = "0." + "0" * (-n) + digits
+    else:
+        mantissa = digits[0] + (f".{digits[1:]}" if k > 1 else "")
+        text = f"{mantissa}e{'+' if n - 1 >= 0 else '-'}{abs(n - 1)}"
+    return sign + text
 
 
 def normalize(obj: Any) -> Any:
     """Turn ``obj`` into plain JSON types the canonical encoder accepts, or raise."""
     if obj is None or isinstance(obj, (str, bool)):
         return obj
-    if isinstance(obj, (int, float)):
-        return _number(obj)
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        return _check_finite(obj)
     if isinstance(obj, dict):
         out = {}
         for key, value in obj.items():
@@ -64,11 +85,45 @@ def normalize(obj: Any) -> Any:
     raise CanonicalizationError(f"cannot canonicalize a value of type {type(obj).__name__}: {obj!r}")
 
 
+def _encode(value: Any, out: list[str]) -> None:
+    if value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, int):
+        out.append(str(value))
+    elif isinstance(value, float):
+        out.append(_es_number(value))
+    elif isinstance(value, str):
+        out.append(json.dumps(value, ensure_ascii=False))
+    elif isinstance(value, list):
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _encode(item, out)
+        out.append("]")
+    else:  # dict, keys sorted by UTF-16 code units as RFC 8785 §3.2.3 requires
+        out.append("{")
+        for i, key in enumerate(sorted(value, key=lambda k: k.encode("utf-16-be", "surrogatepass"))):
+            if i:
+                out.append(",")
+            out.append(json.dumps(key, ensure_ascii=False))
+            out.append(":")
+            _encode(value[key], out)
+        out.append("}")
+
+
 def canonical_json(obj: Any) -> bytes:
     """Canonical UTF-8 JSON bytes of ``obj`` (raises CanonicalizationError)."""
-    return json.dumps(
-        normalize(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    out: list[str] = []
+    _encode(normalize(obj), out)
+    try:
+        return "".join(out).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CanonicalizationError(f"a string holds a lone surrogate ({exc.object[exc.start:exc.end]!r}); it has no UTF-8 form") from None
 
 
 def stable_hash(obj: Any) -> str:

@@ -19,7 +19,14 @@ JSONValue = Any  # str | int | float | bool | None | list | dict of those
 
 
 def _check_json_native(value: Any, path: str) -> None:
-    if value is None or isinstance(value, (str, bool, int)):
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise CanonicalizationError(f"field {path!r} holds a lone surrogate; it has no UTF-8 form") from None
+        return
+    if value is None or isinstance(value, (bool, int)):
         return
     if isinstance(value, float):
         if not math.isfinite(value):

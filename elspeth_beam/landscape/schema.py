@@ -27,6 +27,10 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+SCHEMA_VERSION = 2  # bump on any change to the tables below
+
+landscape_schema = Table("landscape_schema", metadata, Column("version", Integer, primary_key=True))
+
 ID = String(64)
 TS = String(40)  # ISO 8601 UTC, microseconds: sortable, portable
 

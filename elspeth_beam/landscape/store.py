@@ -14,9 +14,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, and_, bindparam, create_engine, event, or_, select, update
+from sqlalchemy import Engine, Table, and_, bindparam, create_engine, event, inspect, or_, select, update
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from elspeth_beam.core.enums import BatchStatus, NodeStateStatus
 from elspeth_beam.core.errors import LandscapeError, RunNotFoundError
@@ -99,7 +99,39 @@ class LandscapeStore:
         self.url = normalize_url(url)
         self.engine = make_engine(self.url)
         if create:
+            self._create_or_check_schema()
+
+    def _create_or_check_schema(self) -> None:
+        """Create the tables in a new database; refuse one written by another schema version."""
+        existing = set(inspect(self.engine).get_table_names())
+        if "runs" in existing and "landscape_schema" not in existing:
+            found: int | None = 1
+        else:
             s.metadata.create_all(self.engine)
+            with self.engine.begin() as conn:
+                found = conn.execute(select(s.landscape_schema.c.version)).scalar()
+                if found is None:
+                    conn.execute(s.landscape_schema.insert().values(version=s.SCHEMA_VERSION))
+                    found = s.SCHEMA_VERSION
+        if found != s.SCHEMA_VERSION:
+            self.dispose()
+            raise LandscapeError(
+                f"the Landscape at {self.url} has schema version {found}, this elspeth_beam writes version "
+                f"{s.SCHEMA_VERSION}; use a new database (keep the old one for its runs)"
+            )
+
+    @classmethod
+    def open_existing(cls, url: str) -> "LandscapeStore":
+        """Open a Landscape that must already exist (explain, verify, resume, runs)."""
+        store = cls(url, create=False)
+        try:
+            with store.engine.connect() as conn:
+                conn.execute(select(s.runs.c.run_id).limit(1)).all()
+        except SQLAlchemyError as exc:
+            store.dispose()
+            reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+            raise LandscapeError(f"{url} is not an elspeth_beam Landscape ({reason})") from None
+        return store
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -185,6 +217,13 @@ class LandscapeStore:
     def _write_batches(self, conn: Connection, events: list[BatchRecorded]) -> None:
         _insert_ignore(conn, s.batches, [_dump(e, "node_id") | {"aggregation_node_id": e.node_id} for e in events])
         t = s.batches
+        if events:  # a batch was created when its first event was made, whichever lands first
+            conn.execute(
+                update(t)
+                .where(and_(t.c.batch_id == bindparam("b_batch_id"), t.c.created_at > bindparam("b_created_at")))
+                .values(created_at=bindparam("b_created_at")),
+                [{"b_batch_id": e.batch_id, "b_created_at": e.created_at} for e in events],
+            )
         earlier = {
             BatchStatus.EXECUTING: [BatchStatus.DRAFT.value],
             BatchStatus.COMPLETED: [BatchStatus.DRAFT.value, BatchStatus.EXECUTING.value],

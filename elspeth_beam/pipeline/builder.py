@@ -39,7 +39,9 @@ class BuiltPipeline:
     audit: PCollection  # lists of audit events, flattened from every node (a tap for tests)
 
 
-def _node_transform(node: NodeSpec, ctx: NodeContext, tags: list[str], restore: PipelineRestore) -> beam.PTransform:
+def _node_transform(
+    node: NodeSpec, ctx: NodeContext, tags: list[str], restore: PipelineRestore, graph: PipelineGraph, streaming: bool
+) -> beam.PTransform:
     if node.node_type is NodeType.TRANSFORM:
         return beam.ParDo(TransformDoFn(ctx, node.settings)).with_outputs(*tags)  # type: ignore[arg-type]
     if node.node_type is NodeType.GATE:
@@ -47,7 +49,9 @@ def _node_transform(node: NodeSpec, ctx: NodeContext, tags: list[str], restore: 
     if node.node_type is NodeType.AGGREGATION:
         from elspeth_beam.pipeline.aggregation import Aggregate
 
-        return Aggregate(ctx, node.settings, tags, restore=restore.aggregations.get(node.node_id))  # type: ignore[arg-type]
+        fed_by_aggregation = any(down == node.name for _, down in graph.chained_aggregations())
+        return Aggregate(ctx, node.settings, tags, restore=restore.aggregations.get(node.node_id),  # type: ignore[arg-type]
+                         barrier=fed_by_aggregation, streaming=streaming)
     raise ValueError(f"no Beam transform for node type {node.node_type}")
 
 
@@ -67,7 +71,11 @@ def _error_to_sink_item(pair):
 
 
 def apply_graph(
-    pipeline: beam.Pipeline, loaded: LoadedPipeline, run_id: str, restore: PipelineRestore | None = None
+    pipeline: beam.Pipeline,
+    loaded: LoadedPipeline,
+    run_id: str,
+    restore: PipelineRestore | None = None,
+    streaming: bool = False,
 ) -> BuiltPipeline:
     """Apply every node; ``restore`` (from ``resume``) skips finished work and refills buffers."""
     graph: PipelineGraph = loaded.graph
@@ -97,7 +105,7 @@ def apply_graph(
                 members = [m for r in agg_restore.retries.values() for m in r.members]
                 upstream = [*upstream, pipeline | f"{label} restored" >> beam.Create(members).with_output_types(TokenInfo)]
             pcoll = upstream[0] if len(upstream) == 1 else upstream | f"{label} inputs" >> beam.Flatten()
-            outputs = pcoll | label >> _node_transform(node, ctx, tags, restore)
+            outputs = pcoll | label >> _node_transform(node, ctx, tags, restore, graph, streaming)
 
         audits.append(_written(outputs[AUDIT_TAG], label, url))
         reemitted = restore.reemit.get(node.node_id)

@@ -13,10 +13,21 @@ from typing import Any, Callable
 
 from elspeth_beam.core.errors import ExpressionError
 
+_MAX_REPEAT = 10_000  # 'x' * n and [..] * n: a row expression must not exhaust memory
+
+
+def _mul(a: Any, b: Any) -> Any:
+    if isinstance(a, (str, list)) or isinstance(b, (str, list)):
+        count = b if isinstance(a, (str, list)) else a
+        if isinstance(count, int) and count > _MAX_REPEAT:
+            raise ValueError(f"repeating a string or list {count} times exceeds the limit of {_MAX_REPEAT}")
+    return operator.mul(a, b)
+
+
 _BINOPS: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
+    ast.Mult: _mul,
     ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv,
     ast.Mod: operator.mod,
@@ -65,8 +76,8 @@ class Expression:
             return _eval(self._body, row)
         except KeyError as exc:
             raise ExpressionError(f"{self.source!r}: row has no field {exc.args[0]!r}") from None
-        except (TypeError, ValueError, ZeroDivisionError) as exc:
-            raise ExpressionError(f"{self.source!r}: {exc}") from None
+        except (TypeError, ValueError, ZeroDivisionError, IndexError, OverflowError) as exc:
+            raise ExpressionError(f"{self.source!r}: {type(exc).__name__}: {exc}") from None
 
     def __reduce__(self):
         return (Expression, (self.source,))
