@@ -68,7 +68,14 @@ def plan_restore(store: LandscapeStore, run_id: str) -> tuple[PipelineRestore, l
     for m in store.table_rows(s.batch_members, run_id):
         members[m["batch_id"]].append(m)
 
-    finished_members = {m["token_id"] for b, ms in members.items() if batches[b]["status"] not in _OPEN for m in ms}
+    retried = {b["retry_of_batch_id"] for b in batches.values() if b["retry_of_batch_id"]}
+
+    def unfinished(b: dict[str, Any]) -> bool:
+        """Open, or closed as interrupted by a resume that died before its retry committed."""
+        interrupted = b["trigger_type"] == TriggerType.INTERRUPTED.value and b["batch_id"] not in retried
+        return b["status"] in _OPEN or interrupted
+
+    finished_members = {m["token_id"] for b, ms in members.items() if not unfinished(batches[b]) for m in ms}
     next_sequence: dict[str, dict[str, int]] = defaultdict(dict)
     for b in batches.values():
         keyed = next_sequence[b["aggregation_node_id"]]
@@ -76,24 +83,20 @@ def plan_restore(store: LandscapeStore, run_id: str) -> tuple[PipelineRestore, l
 
     retries: dict[str, dict[str, RetryBatch]] = defaultdict(dict)
     closing: list[AuditEvent] = []
-    for b in sorted((b for b in batches.values() if b["status"] in _OPEN), key=lambda b: (b["sequence"], b["attempt"])):
+    for b in sorted((b for b in batches.values() if unfinished(b)), key=lambda b: (b["sequence"], b["attempt"])):
         node, key = b["aggregation_node_id"], b["key"]
         if key in retries[node]:
             raise RestoredStateError(
                 f"aggregation {node} key {key!r} has several unfinished batches ({retries[node][key].retry_of}, {b['batch_id']}); "
                 "the Landscape is inconsistent — inspect it with `elspeth-beam verify`"
             )
-        restored = _restore_members(b, members[b["batch_id"]], tokens, token_json)
+        restored = _restore_members(b, members[b["batch_id"]], token_json)
         retries[node][key] = RetryBatch(key, b["sequence"], b["attempt"] + 1, b["batch_id"], restored)
         next_sequence[node][key] = b["sequence"]
         closing += _interrupted(run_id, b, restored)
 
     retry_tokens = {m.token_id for rs in retries.values() for r in rs.values() for m in r.members}
-    reemit: dict[str, list[TokenInfo]] = defaultdict(list)
-    for out in sorted(store.table_rows(s.batch_outputs, run_id), key=lambda o: (o["batch_id"], o["ordinal"])):
-        batch = batches[out["batch_id"]]
-        if batch["status"] == BatchStatus.COMPLETED.value and out["token_id"] not in terminal | retry_tokens | finished_members:
-            reemit[batch["aggregation_node_id"]].append(TokenInfo.from_json_bytes(out["token_json"].encode()))
+    reemit = _outputs_to_reemit(store, run_id, batches, terminal | retry_tokens)
     reemitted = {t.token_id for ts in reemit.values() for t in ts}
     accounted = terminal | retry_tokens | reemitted | finished_members
     by_row: dict[str, list[str]] = defaultdict(list)
@@ -118,13 +121,32 @@ def plan_restore(store: LandscapeStore, run_id: str) -> tuple[PipelineRestore, l
     return restore, closing
 
 
-def _restore_members(batch: dict[str, Any], rows: list[dict[str, Any]], tokens: dict[str, Any],
+def _outputs_to_reemit(store: LandscapeStore, run_id: str, batches: dict[str, Any], ended: set[str]) -> dict[str, list[TokenInfo]]:
+    """Outputs of completed flushes that went no further, each re-emitted once, after the
+    furthest-downstream aggregation that output it (a passthrough chain repeats token ids)."""
+    position = {n["node_id"]: n["position"] for n in store.table_rows(s.nodes, run_id)}
+    latest: dict[str, tuple[int, str, int, str]] = {}
+    for out in store.table_rows(s.batch_outputs, run_id):
+        batch = batches[out["batch_id"]]
+        if batch["status"] != BatchStatus.COMPLETED.value or out["token_id"] in ended:
+            continue
+        node = batch["aggregation_node_id"]
+        candidate = (position.get(node, 0), out["batch_id"], out["ordinal"], out["token_json"])
+        if out["token_id"] not in latest or candidate[0] > latest[out["token_id"]][0]:
+            latest[out["token_id"]] = candidate
+    reemit: dict[str, list[TokenInfo]] = defaultdict(list)
+    for _, batch_id, _, token_json in sorted(latest.values(), key=lambda c: (c[1], c[2])):
+        reemit[batches[batch_id]["aggregation_node_id"]].append(TokenInfo.from_json_bytes(token_json.encode()))
+    return reemit
+
+
+def _restore_members(batch: dict[str, Any], rows: list[dict[str, Any]],
                      token_json: dict[str, str | None]) -> tuple[TokenInfo, ...]:
+    """The members' full tokens from their ``buffered`` checkpoints, in ordinal order. (A member
+    may not be in ``tokens`` yet: its own node's audit can commit after the aggregation's.)"""
     restored = []
     for m in sorted(rows, key=lambda m: m["ordinal"]):
         tid = m["token_id"]
-        if tid not in tokens:
-            raise RestoredStateError(f"batch {batch['batch_id']} lists member {tid}, which is not a token of this run")
         if not token_json.get(tid):
             raise RestoredStateError(
                 f"batch {batch['batch_id']} member {tid} has no buffered token in the Landscape, so it cannot be "

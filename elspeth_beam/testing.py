@@ -97,7 +97,7 @@ def run_for_test(
 
     def tap(built: BuiltPipeline) -> None:
         if journal_path is not None:
-            built.audit | "Journal" >> beam.ParDo(_JournalFn(str(journal_path)))
+            built.audit() | "Journal" >> beam.ParDo(_JournalFn(str(journal_path)))
 
     result = execute_run(loaded, beam_args=beam_args, run_id=run_id, make_pipeline=make_pipeline, tap=tap)
     return TestRun(result=result, store=LandscapeStore(url), journal=journal_path)

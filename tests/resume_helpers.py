@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,7 @@ def write_yaml(path: Path, settings: dict[str, Any]) -> Path:
 # ---- the CLI in a subprocess --------------------------------------------------------------
 
 
-@dataclass
+@dataclass(repr=False)
 class Proc:
     code: int
     stdout: str
@@ -118,6 +119,8 @@ class Proc:
 
     def __str__(self) -> str:
         return f"exit {self.code}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+
+    __repr__ = __str__  # pytest shows an assertion message's repr
 
 
 def cli(*args: str, fault: str | None = None, cwd: Path | None = None, timeout: float = 180) -> Proc:
@@ -128,7 +131,7 @@ def cli(*args: str, fault: str | None = None, cwd: Path | None = None, timeout: 
         env["ELSPETH_FAULT"] = fault
     done = subprocess.run(
         [sys.executable, "-m", "elspeth_beam.cli", *args],
-        cwd=str(cwd or REPO), env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=str(cwd or Path(tempfile.gettempdir())), env=env, capture_output=True, text=True, timeout=timeout,
     )
     return Proc(done.returncode, done.stdout, done.stderr)
 
@@ -148,3 +151,72 @@ def canonical_records(records: list[dict[str, Any]]) -> list[str]:
 
 def duplicates(items: list[Any]) -> dict[Any, int]:
     return {k: n for k, n in Counter(items).items() if n > 1}
+
+
+# ---- smaller audit buffers (same mechanism, reachable with small inputs) -----------------
+
+def cli_small_buffers(*args: str, write_every: int, emit_every: int, fault: str | None = None,
+                      timeout: float = 180) -> Proc:
+    """Like ``cli`` but with the audit writer's and the DoFns' buffer limits lowered.
+
+    ``WriteLandscapeFn`` commits its buffer whenever it holds ``_WRITE_EVERY`` events (mid
+    bundle), and audited DoFns hand over a list every ``_EMIT_EVERY`` events; with the
+    defaults (20000 / 5000) a crash leaves a partly committed bundle only for inputs of
+    several thousand rows. Lowering the limits in the subprocess reproduces the same
+    partial commit with a small input.
+    """
+    code = (
+        "import sys\n"
+        "import elspeth_beam.pipeline.landscape_sink as ls, elspeth_beam.pipeline.audit as au\n"
+        f"ls._WRITE_EVERY = {int(write_every)}\n"
+        f"au._EMIT_EVERY = {int(emit_every)}\n"
+        "from elspeth_beam.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ELSPETH_FAULT"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
+    if fault is not None:
+        env["ELSPETH_FAULT"] = fault
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=str(Path(tempfile.gettempdir())), env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    return Proc(done.returncode, done.stdout, done.stderr)
+
+
+# ---- Landscape checks (plain SQL, independent of `verify`) -------------------------------
+
+def sql(db: Path, query: str, *params: Any) -> list[tuple]:
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def tokens_without_exactly_one_terminal(db: Path, run_id: str) -> list[tuple]:
+    return sql(db, """
+        SELECT t.token_id, COUNT(o.outcome_id) AS n
+        FROM tokens t LEFT JOIN token_outcomes o ON o.token_id = t.token_id AND o.is_terminal
+        WHERE t.run_id = ? GROUP BY t.token_id HAVING n <> 1""", run_id)
+
+
+def rows_without_exactly_one_terminal(db: Path, run_id: str) -> list[tuple]:
+    """Rows of a pipeline without forks take one path, so each row's own token (aggregation
+    outputs of single/transform mode belong to their batch, not to one row) ends with exactly
+    one terminal outcome."""
+    return sql(db, """
+        SELECT r.row_index, COUNT(o.outcome_id) AS n
+        FROM rows r
+        LEFT JOIN tokens t ON t.row_id = r.row_id AND t.created_at_node NOT LIKE 'aggregation:%'
+        LEFT JOIN token_outcomes o ON o.token_id = t.token_id AND o.is_terminal
+        WHERE r.run_id = ? GROUP BY r.row_id HAVING n <> 1""", run_id)
+
+
+def copy_db(src: Path, dst: Path) -> Path:
+    """Copy a SQLite Landscape with its WAL files (a killed writer leaves them behind)."""
+    import shutil
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{src}{suffix}").exists():
+            shutil.copyfile(f"{src}{suffix}", f"{dst}{suffix}")
+    return dst

@@ -1,6 +1,6 @@
 """Aggregations (DESIGN §5, §7): every flush is an audited boundary with correct lineage.
 
-Each test runs a real pipeline (FnApiRunner via ``testing.run_for_test``) and checks the
+Each test runs a real pipeline (``testing.run_for_test``: FnApiRunner unless streaming) and checks the
 Landscape against values the test recomputes itself: member rows, hashes, sink contents.
 """
 
@@ -27,7 +27,6 @@ from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.landscape import explain
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
-from elspeth_beam.run import RunnerUnsuitableError
 
 TESTS_DIR = Path(__file__).resolve().parent
 AGG = "aggregation:agg"
@@ -459,7 +458,8 @@ def test_explain_row_of_a_dropped_duplicate_reaches_the_batch_outputs(dedupe_run
     (first_a,) = [b for b in audit.by_key()[gkey("a")] if b["sequence"] == 0]
     e = explain.explain_row(audit.store, audit.run_id, row_index=2)  # the second "t1": dropped by dedupe
     member = audit.source_token(2)
-    assert [t["token_id"] for t in e["tokens"]] == [member, *audit.outputs[first_a["batch_id"]]]
+    assert e["tokens"][0]["token_id"] == member
+    assert sorted(t["token_id"] for t in e["tokens"][1:]) == sorted(audit.outputs[first_a["batch_id"]])
     assert e["tokens"][0]["outcome"]["outcome"] == "consumed_in_batch"
     assert e["tokens"][0]["batches"] == [first_a["batch_id"]]
     assert all(t["produced_by_batch"] == first_a["batch_id"] for t in e["tokens"][1:])
@@ -592,14 +592,18 @@ def test_failed_flush_is_recorded_and_members_get_one_terminal_outcome(tmp_path,
 SNAPSHOT_TABLES = ("batches", "batch_members", "batch_outputs", "node_states", "token_outcomes", "tokens", "token_parents")
 
 
-def test_bundle_repeat_leaves_the_same_landscape(tmp_path):
-    keys = ["a", "b", "c"] * 9 + ["a", "b"]
-    rows = keyed_rows(keys)
+@pytest.mark.parametrize("case", ["stats", "failing_flush"])
+def test_bundle_repeat_leaves_the_same_landscape(tmp_path, user_plugins, case):
+    if case == "stats":
+        rows, kwargs = keyed_rows(["a", "b", "c"] * 9 + ["a", "b"]), {"count": 4}
+    else:
+        rows = BOOM_ROWS
+        kwargs = {"count": 3, "plugin": "agg_plugins_for_tests.Boom", "options": {}, "on_error": "rejects"}
     out_dir = tmp_path / "out"
     snaps, journals = [], []
     for label, args in (("plain", ()), ("repeat", ("--direct_runner_bundle_repeat=3",))):
         work = tmp_path / label
-        settings = agg_settings(work, rows, count=4, out_dir=out_dir)
+        settings = agg_settings(work, rows, out_dir=out_dir, **kwargs)
         result = testing.run_for_test(
             settings, work, run_id="run-bundle-repeat", beam_args=args, journal=True,
             landscape=testing.landscape_url(tmp_path, f"{label}.db"),
@@ -611,10 +615,44 @@ def test_bundle_repeat_leaves_the_same_landscape(tmp_path):
     plain, repeat = snaps
     # the bundles really were replayed: the journal tap saw the audit lists again
     assert journals[1] > journals[0]
-    assert len(plain["batches"]) == 3 + 3 + 2 + 1  # a: 4+4+2, b: 4+4+2, c: 4+4+1
+    statuses = Counter(json.loads(b)["status"] for b in plain["batches"])
+    if case == "stats":
+        assert statuses == {"completed": 3 + 3 + 3}  # a: 4+4+2, b: 4+4+2, c: 4+4+1
+    else:
+        assert statuses == {"completed": 3, "failed": 1}
     for table in SNAPSHOT_TABLES:
         assert plain[table], f"{table} is empty"
         assert repeat[table] == plain[table], f"table {table} differs after bundle replay"
+
+
+# ---- chained aggregations -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("beam_args", [(), ("--streaming",)], ids=["batch", "streaming"])
+def test_chained_aggregation_receives_the_upstream_end_of_source_flush(tmp_path, beam_args):
+    """agg (dedupe, count 3) feeds totals (batch_stats, count 4): every token agg emits —
+    including its end-of-source remainder — must be accepted by totals and summed once."""
+    rows = keyed_rows(["a"] * 10 + ["b"] * 5)
+    settings = agg_settings(tmp_path, rows, plugin="dedupe", options={"fields": ["id"]}, count=3, output_mode="transform")
+    settings["aggregations"][0]["on_success"] = "unique"
+    settings["aggregations"].append(
+        {"name": "totals", "plugin": "batch_stats", "input": "unique", "on_success": "out", "on_error": "quarantine",
+         "group_by": ["k"], "trigger": {"count": 4}, "output_mode": "single", "options": {"fields": ["v"]}}
+    )
+    result = testing.run_for_test(settings, tmp_path, beam_args=beam_args)
+    store, run_id = result.store, result.run_id
+    batches = store.table_rows(s.batches, run_id)
+    upstream_outputs = {
+        o["token_id"] for o in store.table_rows(s.batch_outputs, run_id)
+        if any(b["batch_id"] == o["batch_id"] and b["aggregation_node_id"] == AGG for b in batches)
+    }
+    totals_batches = {b["batch_id"] for b in batches if b["aggregation_node_id"] == "aggregation:totals"}
+    accepted = [m["token_id"] for m in store.table_rows(s.batch_members, run_id) if m["batch_id"] in totals_batches]
+    assert len(upstream_outputs) == 15
+    assert sorted(accepted) == sorted(upstream_outputs), f"{len(upstream_outputs - set(accepted))} upstream output(s) never reached totals"
+    out = [json.loads(line) for line in Path(settings["sinks"]["out"]["options"]["path"]).read_text().splitlines()]
+    assert sorted((r["k"], r["batch_size"]) for r in out) == [("a", 2), ("a", 4), ("a", 4), ("b", 1), ("b", 4)]
+    testing.assert_audit_complete(result)
 
 
 # ---- 6. the accounts pipeline ---------------------------------------------------------------
@@ -662,11 +700,46 @@ def test_accounts_pipeline_totals_count_each_unique_charge_once(accounts_run):
     assert dict(per_account) == {acc: len(txns) for acc, txns in expected.items()}
 
 
-def test_accounts_runs_on_a_runner_that_keeps_the_chained_end_of_source(accounts_run, tmp_path):
+def test_accounts_totals_agree_on_the_bundle_based_runner(accounts_run, tmp_path):
+    """Chained aggregations: the downstream end-of-source remainder is kept on both direct
+    runners; batch composition may differ with arrival order (§7.7), per-account totals not."""
     result, settings = accounts_run
-    assert result.result.runner == "DirectRunner (BundleBasedDirectRunner)"
-    with pytest.raises(RunnerUnsuitableError, match="dedupe_resent"):
-        testing.run_for_test(settings, tmp_path, beam_args=("--runner=FnApiRunner",))
+    other_settings = retarget(settings, tmp_path / "out")
+    other = testing.run_for_test(other_settings, tmp_path, beam_args=("--runner=BundleBasedDirectRunner",))
+    testing.assert_audit_complete(other)
+    assert other.result.runner == "BundleBasedDirectRunner"
+    assert "BundleBased" not in result.result.runner, "the default run should use the other direct runner"
+
+    def per_account(path: str) -> dict[str, tuple[int, float]]:
+        acc: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+        for line in Path(path).read_text().splitlines():
+            t = json.loads(line)
+            acc[t["account_id"]][0] += t["amount_count"]
+            acc[t["account_id"]][1] += t["amount_sum"]
+        return {k: (n, round(total, 6)) for k, (n, total) in acc.items()}
+
+    expected = _expected_unique_charges()
+    mine = per_account(settings["sinks"]["totals"]["options"]["path"])
+    theirs = per_account(other_settings["sinks"]["totals"]["options"]["path"])
+    assert mine == theirs
+    assert {k: n for k, (n, _) in mine.items()} == {acc: len(txns) for acc, txns in expected.items()}
+    for run_ in (result, other):
+        batches = run_.store.table_rows(s.batches, run_.run_id)
+        assert {b["status"] for b in batches} == {"completed"}
+        assert {b["trigger_type"] for b in batches} <= {"count", "end_of_source"}
+
+
+def test_accounts_pipeline_streaming_keeps_every_unique_charge(tmp_path):
+    """The same accounts file with --streaming (DirectRunner → BundleBasedDirectRunner)."""
+    settings = retarget(yaml.safe_load((REPO / "pipelines" / "accounts.yaml").read_text()), tmp_path / "out")
+    result = testing.run_for_test(settings, tmp_path, beam_args=("--streaming",))
+    expected = _expected_unique_charges()
+    per_account: Counter = Counter()
+    for line in Path(settings["sinks"]["totals"]["options"]["path"]).read_text().splitlines():
+        t = json.loads(line)
+        per_account[t["account_id"]] += t["amount_count"]
+    assert dict(per_account) == {acc: len(txns) for acc, txns in expected.items()}
+    testing.assert_audit_complete(result)
 
 
 def test_accounts_totals_line_explains_back_to_source_rows(accounts_run):

@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
-from test_aggregation import AGG, Audit, agg_settings, keyed_rows, run
+from test_aggregation import AGG, agg_settings, keyed_rows, run
 
 from elspeth_beam.config.settings import AggregationSettings, TriggerSettings
 from elspeth_beam.core import ids
@@ -179,15 +179,19 @@ def test_a_timer_firing_before_the_deadline_is_not_a_timeout(tmp_path):
     assert clock.calls() == BATCH_STARTS + 2  # the timeout callbacks did run
 
 
-@pytest.mark.parametrize("attempt", range(3))
-def test_bounded_input_with_timeout_setting_ends_by_end_of_source(tmp_path, attempt):
-    """FnApiRunner fires pending processing-time timers when a bounded input ends
-    (BEAM_NOTES); with the real clock no deadline has passed, so no batch is a timeout."""
+@pytest.mark.parametrize("beam_args", [(), ("--streaming",)], ids=["batch", "streaming"])
+@pytest.mark.parametrize("attempt", range(2))
+def test_bounded_input_with_timeout_setting_ends_by_end_of_source(tmp_path, attempt, beam_args):
+    """A bounded file source with a timeout setting: every remainder ends by end_of_source,
+    never by a premature timeout — whether the timer is armed at all (streaming) or not, and
+    although runners fire pending processing-time timers when a bounded input ends (BEAM_NOTES)."""
     keys = ["a"] * 7 + ["b"] * 2 + ["c"] * 6
-    _, audit = run(agg_settings(tmp_path, keyed_rows(keys, seed=attempt), count=3, timeout=TIMEOUT), tmp_path)
-    triggers = sorted((b["key"], b["sequence"], b["trigger_type"]) for b in audit.batches.values())
+    settings = agg_settings(tmp_path, keyed_rows(keys, seed=attempt), count=3, timeout=TIMEOUT)
+    _, audit = run(settings, tmp_path, beam_args=beam_args)
+    triggers = sorted((b["key"], b["sequence"], b["trigger_type"], b["trigger_reason"]) for b in audit.batches.values())
     assert triggers == [
-        ('["a"]', 0, "count"), ('["a"]', 1, "count"), ('["a"]', 2, "end_of_source"),
-        ('["b"]', 0, "end_of_source"),
-        ('["c"]', 0, "count"), ('["c"]', 1, "count"),
+        ('["a"]', 0, "count", "count reached 3"), ('["a"]', 1, "count", "count reached 3"),
+        ('["a"]', 2, "end_of_source", "end of source"),
+        ('["b"]', 0, "end_of_source", "end of source"),
+        ('["c"]', 0, "count", "count reached 3"), ('["c"]', 1, "count", "count reached 3"),
     ]

@@ -51,23 +51,40 @@ def _es_number(value: float) -> str:
     return sign + text
 
 
-def normalize(obj: Any) -> Any:
-    """Turn ``obj`` into plain JSON types the canonical encoder accepts, or raise."""
-    if obj is None or isinstance(obj, (str, bool)):
-        return obj
-    if isinstance(obj, int):
+class _Flags:
+    """Set while normalizing when the fast encoder (json.dumps) would not be canonical."""
+
+    __slots__ = ("slow",)
+
+    def __init__(self) -> None:
+        self.slow = False
+
+
+def _float(value: float, flags: _Flags) -> int | float:
+    _check_finite(value)
+    if value.is_integer() and abs(value) < 1e21:
+        return int(value)  # ECMAScript writes these without a fraction or exponent
+    if not 1e-4 <= abs(value) < 1e16:
+        flags.slow = True  # repr would use an exponent where ECMAScript does not, or vice versa
+    return value
+
+
+def _normalize(obj: Any, flags: _Flags) -> Any:
+    if obj is None or isinstance(obj, (str, bool, int)):
         return obj
     if isinstance(obj, float):
-        return _check_finite(obj)
+        return _float(obj, flags)
     if isinstance(obj, dict):
         out = {}
         for key, value in obj.items():
             if not isinstance(key, str):
                 raise CanonicalizationError(f"object keys must be strings, got {key!r}")
-            out[key] = normalize(value)
+            if not key.isascii() and max(key) >= "\ue000":
+                flags.slow = True  # UTF-16 key order differs from code point order here
+            out[key] = _normalize(value, flags)
         return out
     if isinstance(obj, (list, tuple)):
-        return [normalize(v) for v in obj]
+        return [_normalize(v, flags) for v in obj]
     if isinstance(obj, dt.datetime):
         if obj.tzinfo is None:
             obj = obj.replace(tzinfo=dt.timezone.utc)
@@ -81,8 +98,13 @@ def normalize(obj: Any) -> Any:
     if isinstance(obj, (bytes, bytearray)):
         return base64.b64encode(bytes(obj)).decode("ascii")
     if hasattr(obj, "model_dump"):
-        return normalize(obj.model_dump(mode="python"))
+        return _normalize(obj.model_dump(mode="python"), flags)
     raise CanonicalizationError(f"cannot canonicalize a value of type {type(obj).__name__}: {obj!r}")
+
+
+def normalize(obj: Any) -> Any:
+    """Turn ``obj`` into plain JSON types the canonical encoder accepts, or raise."""
+    return _normalize(obj, _Flags())
 
 
 def _encode(value: Any, out: list[str]) -> None:
@@ -118,10 +140,16 @@ def _encode(value: Any, out: list[str]) -> None:
 
 def canonical_json(obj: Any) -> bytes:
     """Canonical UTF-8 JSON bytes of ``obj`` (raises CanonicalizationError)."""
-    out: list[str] = []
-    _encode(normalize(obj), out)
+    flags = _Flags()
+    value = _normalize(obj, flags)
+    if flags.slow:
+        out: list[str] = []
+        _encode(value, out)
+        text = "".join(out)
+    else:  # the common case: the C encoder gives exactly the canonical text
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     try:
-        return "".join(out).encode("utf-8")
+        return text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise CanonicalizationError(f"a string holds a lone surrogate ({exc.object[exc.start:exc.end]!r}); it has no UTF-8 form") from None
 

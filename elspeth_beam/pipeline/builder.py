@@ -36,7 +36,12 @@ from elspeth_beam.pipeline.transform import TransformDoFn
 
 @dataclass
 class BuiltPipeline:
-    audit: PCollection  # lists of audit events, flattened from every node (a tap for tests)
+    audit_streams: list[PCollection]  # each node's lists of audit events (already written)
+
+    def audit(self) -> PCollection:
+        """All audit streams flattened — a tap for tests; built only when asked for, since an
+        extra consumer would keep the FnApiRunner from fusing each writer into its stage."""
+        return self.audit_streams | "Audit streams" >> beam.Flatten()
 
 
 def _node_transform(
@@ -51,7 +56,7 @@ def _node_transform(
 
         fed_by_aggregation = any(down == node.name for _, down in graph.chained_aggregations())
         return Aggregate(ctx, node.settings, tags, restore=restore.aggregations.get(node.node_id),  # type: ignore[arg-type]
-                         barrier=fed_by_aggregation, streaming=streaming)
+                         barrier=fed_by_aggregation and not streaming, streaming=streaming)
     raise ValueError(f"no Beam transform for node type {node.node_type}")
 
 
@@ -122,7 +127,7 @@ def apply_graph(
             errors = outputs[ERROR_TAG] | f"{label} errors to {node.error_sink}" >> beam.Map(_error_to_sink_item)
             sink_inputs[node.error_sink].append(errors)
 
-    return BuiltPipeline(audit=audits | "Audit streams" >> beam.Flatten())
+    return BuiltPipeline(audit_streams=audits)
 
 
 def _written(audit: PCollection, label: str, url: str) -> PCollection:

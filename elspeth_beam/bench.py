@@ -1,0 +1,236 @@
+"""elspeth-beam bench: the audit's cost, measured against the same pipeline without it.
+
+Both variants read the same generated CSV with the same plugins — source parsing and schema
+coercion, a computed field, a gate, a count aggregation with ``batch_stats`` per key, JSON
+Lines sinks written per bundle — on the same runner. (A) is plain Beam (``GroupIntoBatches``)
+with no audit; (B) is elspeth_beam with the full audit into SQLite. Variants alternate
+A B A B …, each in a fresh process (so peak RSS is its own); the report gives medians, the
+median of pair-wise B/A ratios, and the raw SQLite executemany rate for the same audit rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+KEYS = 100
+BATCH = 50
+SCHEMA = {"id": "int", "key": "str", "amount": "float", "category": "str"}
+
+
+def generate(path: Path, rows: int, seed: int = 42) -> None:
+    rng = random.Random(seed)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "key", "amount", "category"])
+        for i in range(rows):
+            writer.writerow([i, f"k{rng.randrange(KEYS):03d}", f"{rng.uniform(1, 1000):.2f}", rng.choice("abcde")])
+
+
+def settings(data: Path, out: Path, landscape: str) -> dict[str, Any]:
+    return {
+        "source": {"plugin": "csv", "on_success": "raw", "on_validation_failure": "quarantine",
+                   "options": {"path": str(data), "schema": SCHEMA}},
+        "transforms": [{"name": "fx", "plugin": "computed", "input": "raw", "on_success": "priced",
+                        "on_error": "quarantine", "options": {"fields": {"amount_eur": "round(row['amount'] * 0.92, 2)"}}}],
+        "gates": [{"name": "size", "input": "priced", "condition": "row['amount'] >= 900", "on_error": "quarantine",
+                   "routes": {"true": "large", "false": "small"}}],
+        "aggregations": [{"name": "totals", "plugin": "batch_stats", "input": "small", "on_success": "totals_out",
+                          "on_error": "quarantine", "group_by": ["key"], "trigger": {"count": BATCH},
+                          "output_mode": "single", "options": {"fields": ["amount_eur"]}}],
+        "sinks": {"large": {"plugin": "jsonl", "options": {"path": str(out / "large.jsonl")}},
+                  "totals_out": {"plugin": "jsonl", "options": {"path": str(out / "totals.jsonl")}}},
+        "landscape": {"url": landscape},
+    }
+
+
+# ---- variant A: the same work in plain Beam -------------------------------------------------
+
+class _ReadFn(beam.DoFn):
+    def __init__(self, data: str) -> None:
+        self.data = data
+
+    def process(self, _: Any):
+        from elspeth_beam.plugins.sources import CsvSource
+
+        source = CsvSource(CsvSource.Options(path=self.data, schema=SCHEMA))
+        for record in source.read():
+            if record.row is not None:
+                yield record.row
+
+
+class _PartSinkFn(beam.DoFn):
+    """Per-bundle part files through the same sink plugin (durable write included)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def setup(self) -> None:
+        from elspeth_beam.plugins.sinks import JsonlSink
+
+        self.sink = JsonlSink(JsonlSink.Options(path=self.path))
+        self.count = 0
+
+    def start_bundle(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def process(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+
+    def finish_bundle(self) -> None:
+        if self.rows:
+            self.count += 1
+            self.sink.write_part(self.rows, Path(f"{self.path}.parts/plain/part-{os.getpid()}-{self.count}.jsonl"))
+
+
+def run_plain(data: Path, out: Path) -> None:
+    from elspeth_beam.plugins.batch import BatchStats
+    from elspeth_beam.plugins.expressions import Expression
+    from elspeth_beam.plugins.transforms import Computed
+
+    fx = Computed(Computed.Options(fields={"amount_eur": "round(row['amount'] * 0.92, 2)"}))
+    condition = Expression("row['amount'] >= 900")
+    stats = BatchStats(BatchStats.Options(fields=["amount_eur"]))
+
+    def summarise(kv):
+        key, rows = kv
+        return [{"key": key, **r} for r in stats.process_batch(list(rows))]
+
+    with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+        rows = p | beam.Create([None]) | beam.ParDo(_ReadFn(str(data))) | "fx" >> beam.Map(fx.process)
+        large, small = rows | beam.Partition(lambda r, n: 0 if condition.evaluate(r) else 1, 2)
+        large | "large" >> beam.ParDo(_PartSinkFn(str(out / "large.jsonl")))
+        (small
+         | beam.Map(lambda r: (r["key"], r)).with_output_types(tuple[str, dict])
+         | beam.GroupIntoBatches(BATCH)
+         | beam.FlatMap(summarise)
+         | "totals" >> beam.ParDo(_PartSinkFn(str(out / "totals.jsonl"))))
+
+
+def run_audited(data: Path, out: Path, landscape: str) -> int:
+    from elspeth_beam.config.loader import load_settings_dict
+    from elspeth_beam.run import execute_run
+
+    result = execute_run(load_settings_dict(settings(data, out, landscape)))
+    assert result.report.ok, result.report.problems
+    return result.summary["rows_read"]
+
+
+def _sink_rows(out: Path) -> dict[str, int]:
+    counts = {}
+    for name in ("large", "totals"):
+        parts = list(out.glob(f"{name}.jsonl.parts/**/*.jsonl"))
+        counts[name] = sum(len(p.read_text().splitlines()) for p in parts)
+    return counts
+
+
+def child(variant: str, data: Path, out: Path, landscape: str) -> dict[str, Any]:
+    """One measured run, in its own process: wall time, peak RSS, rows per sink."""
+    t0 = time.perf_counter()
+    if variant == "plain":
+        run_plain(data, out)
+    else:
+        run_audited(data, out, landscape)
+    return {"variant": variant, "wall_s": time.perf_counter() - t0,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "sink_rows": _sink_rows(out)}
+
+
+def audit_rows(landscape: str) -> int:
+    from elspeth_beam.landscape import schema as s
+    from elspeth_beam.landscape.store import LandscapeStore
+
+    store = LandscapeStore(landscape)
+    return sum(len(store.table_rows(t)) for t in s.metadata.sorted_tables)
+
+
+def raw_insert_rate(landscape: str, work: Path) -> tuple[int, float]:
+    """Rows/s of a plain executemany of the same audit rows into a fresh copy of the schema."""
+    from elspeth_beam.landscape import schema as s
+    from elspeth_beam.landscape.store import LandscapeStore
+
+    source = LandscapeStore(landscape)
+    tables = {t: source.table_rows(t) for t in s.metadata.sorted_tables if t is not s.landscape_schema}
+    target = LandscapeStore(f"sqlite:///{work / 'raw.db'}")
+    t0 = time.perf_counter()
+    with target.engine.begin() as conn:
+        for table, rows in tables.items():
+            if rows:
+                conn.execute(table.insert(), rows)
+    elapsed = time.perf_counter() - t0
+    total = sum(len(r) for r in tables.values())
+    return total, total / elapsed
+
+
+def bench(rows: int = 100_000, repeat: int = 3) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="elspeth-bench-"))
+    data = work / "input.csv"
+    generate(data, rows)
+    results: dict[str, list[dict[str, Any]]] = {"plain": [], "audited": []}
+    for round_ in range(repeat):
+        for variant in ("plain", "audited"):
+            out = work / f"{variant}-{round_}"
+            landscape = f"sqlite:///{work / f'audit-{round_}.db'}"
+            proc = subprocess.run(
+                [sys.executable, "-m", "elspeth_beam.bench", variant, str(data), str(out), landscape],
+                capture_output=True, text=True, check=False,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"bench variant {variant} failed:\n{proc.stderr[-2000:]}")
+            results[variant].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    last_db = f"sqlite:///{work / f'audit-{repeat - 1}.db'}"
+    n_audit = audit_rows(last_db)
+    raw_rows, raw_rate = raw_insert_rate(last_db, work)
+    ratios = [b["wall_s"] / a["wall_s"] for a, b in zip(results["plain"], results["audited"])]
+
+    def summary(runs: list[dict[str, Any]], audit: int = 0) -> dict[str, Any]:
+        wall = statistics.median(r["wall_s"] for r in runs)
+        out = {"median_wall_s": round(wall, 3), "rows_per_s": round(rows / wall),
+               "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs), 1), "sink_rows": runs[-1]["sink_rows"]}
+        if audit:
+            out |= {"audit_rows": audit, "audit_rows_per_s": round(audit / wall)}
+        return out
+
+    audited = summary(results["audited"], n_audit)
+    return {
+        "rows": rows,
+        "repeat": repeat,
+        "plain": summary(results["plain"]),
+        "audited": audited,
+        "ratio_audited_over_plain": round(statistics.median(ratios), 3),
+        "raw_sqlite_executemany_rows_per_s": round(raw_rate),
+        "audit_sink_vs_raw": round(audited["audit_rows_per_s"] / raw_rate, 3),
+        "same_sink_rows": results["plain"][-1]["sink_rows"] == results["audited"][-1]["sink_rows"],
+        "workdir": str(work),
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    p, a = report["plain"], report["audited"]
+    return "\n".join([
+        f"rows {report['rows']}, {report['repeat']} rounds (A B alternating, one process each)",
+        f"{'variant':<10} {'median s':>9} {'rows/s':>9} {'audit rows/s':>13} {'peak RSS MB':>12}",
+        f"{'plain':<10} {p['median_wall_s']:>9.2f} {p['rows_per_s']:>9} {'-':>13} {p['peak_rss_mb']:>12}",
+        f"{'audited':<10} {a['median_wall_s']:>9.2f} {a['rows_per_s']:>9} {a['audit_rows_per_s']:>13} {a['peak_rss_mb']:>12}",
+        f"ratio audited/plain (median of pairs): {report['ratio_audited_over_plain']}",
+        f"audit rows: {a['audit_rows']}; raw SQLite executemany: {report['raw_sqlite_executemany_rows_per_s']} rows/s "
+        f"(audit sink at {report['audit_sink_vs_raw']:.0%} of it)",
+        f"same sink rows in both variants: {report['same_sink_rows']} {p['sink_rows']}",
+    ])
+
+
+if __name__ == "__main__":
+    variant, data_arg, out_arg, landscape_arg = sys.argv[1:5]
+    print(json.dumps(child(variant, Path(data_arg), Path(out_arg), landscape_arg)))
