@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("runs", help="list the runs in a Landscape")
     lst.add_argument("landscape", nargs="?", default="runs/landscape.db")
 
+    ben = sub.add_parser("bench", help="measure the audit's cost: plain Beam vs elspeth_beam, same pipeline")
+    ben.add_argument("--rows", type=int, default=100_000)
+    ben.add_argument("--repeat", type=int, default=3)
+    ben.add_argument("--json", action="store_true")
+
     ver = sub.add_parser("verify", help="check a run's audit invariants")
     ver.add_argument("landscape")
     ver.add_argument("--run", help="run id (default: the latest run)")
@@ -129,6 +134,14 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from elspeth_beam.bench import bench, render
+
+    report = bench(rows=args.rows, repeat=args.repeat)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return EXIT_OK if report["same_sink_rows"] else EXIT_FAILED
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from elspeth_beam.landscape.verify import verify_run
 
@@ -168,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_resume(args, beam_args)
         if args.command == "runs":
             return _cmd_runs(args)
+        if args.command == "bench":
+            return _cmd_bench(args)
         return _cmd_verify(args)
     except SettingsError as exc:
         print(f"elspeth-beam: {exc}", file=sys.stderr)

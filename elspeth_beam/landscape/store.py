@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, and_, bindparam, create_engine, event, inspect, or_, select, update
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from elspeth_beam.core.enums import BatchStatus, NodeStateStatus
 from elspeth_beam.core.errors import LandscapeError, RunNotFoundError
@@ -39,8 +39,10 @@ DEFAULT_URL = "sqlite:///runs/landscape.db"
 _DEADLOCK_RETRIES = 5
 
 
-def _is_retryable(exc: OperationalError) -> bool:
+def _is_retryable(exc: OperationalError | IntegrityError) -> bool:
     text = str(exc.orig).lower()
+    if isinstance(exc, IntegrityError):
+        return "duplicate key" in text or "unique constraint" in text
     return "deadlock" in text or "could not serialize" in text or "database is locked" in text
 
 
@@ -71,20 +73,39 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+_COMPILED: dict[tuple[str, str, tuple[str, ...]], tuple[str, tuple[str, ...] | None]] = {}
+
+
+def _insert_sql(conn: Connection, table: Table, columns: tuple[str, ...]) -> tuple[str, tuple[str, ...] | None]:
+    """The dialect's insert-or-ignore for these columns, compiled once per process."""
+    cache_key = (conn.dialect.name, table.name, columns)
+    if cache_key not in _COMPILED:
+        dialect = conn.dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            raise LandscapeError(f"unsupported Landscape database dialect {dialect!r}: use SQLite or PostgreSQL")
+        keys = [c.name for c in table.primary_key.columns]
+        compiled = insert(table).on_conflict_do_nothing(index_elements=keys).compile(
+            dialect=conn.dialect, column_keys=list(columns)
+        )
+        _COMPILED[cache_key] = (str(compiled), tuple(compiled.positiontup) if compiled.positional else None)
+    return _COMPILED[cache_key]
+
+
 def _insert_ignore(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert-or-ignore on the primary key, as one executemany at the driver level (the
+    SQLAlchemy-level executemany spent more time building parameters than SQLite inserting)."""
     if not rows:
         return
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - guarded at engine creation in practice
-        raise LandscapeError(f"unsupported Landscape database dialect {dialect!r}: use SQLite or PostgreSQL")
     keys = [c.name for c in table.primary_key.columns]
     # one key order for every writer: concurrent transactions lock rows in the same order
     ordered = sorted(rows, key=lambda r: tuple(str(r[k]) for k in keys))
-    conn.execute(insert(table).on_conflict_do_nothing(index_elements=keys), ordered)
+    sql, positions = _insert_sql(conn, table, tuple(ordered[0]))
+    params = [tuple(r[p] for p in positions) for r in ordered] if positions is not None else ordered
+    conn.exec_driver_sql(sql, params)
 
 
 def _dump(ev: AuditEvent, *drop: str) -> dict[str, Any]:
@@ -150,7 +171,11 @@ class LandscapeStore:
                 with self.engine.begin() as conn:
                     self._write(conn, by_kind)
                 return
-            except OperationalError as exc:  # PostgreSQL picks a deadlock victim: replay is safe
+            except (OperationalError, IntegrityError) as exc:
+                # A deadlock victim, or a race: another writer was committing the same record,
+                # which PostgreSQL reports on a secondary unique index before the primary key
+                # lets ON CONFLICT ignore it. Replaying the write is safe; a real conflict (a
+                # second, different terminal outcome) fails every attempt and surfaces.
                 if attempt + 1 == _DEADLOCK_RETRIES or not _is_retryable(exc):
                     raise
                 time.sleep(0.05 * (attempt + 1))
@@ -185,7 +210,7 @@ class LandscapeStore:
 
     def _write_node_states(self, conn: Connection, events: list[NodeStateRecorded]) -> None:
         _insert_ignore(conn, s.node_states, [_dump(e) for e in events])
-        closed = [e for e in events if e.status is not NodeStateStatus.OPEN]
+        closed = self._still_open(conn, [e for e in events if e.status is not NodeStateStatus.OPEN])
         if closed:
             t = s.node_states
             stmt = (
@@ -213,6 +238,18 @@ class LandscapeStore:
                     for e in closed
                 ],
             )
+
+    @staticmethod
+    def _still_open(conn: Connection, events: list[NodeStateRecorded]) -> list[NodeStateRecorded]:
+        """The closing events whose state is stored as open — usually none, since executors
+        record states closed; looking first spares one UPDATE per state."""
+        t = s.node_states
+        open_ids: set[str] = set()
+        for i in range(0, len(events), 500):
+            chunk = [e.state_id for e in events[i : i + 500]]
+            stmt = select(t.c.state_id).where(t.c.state_id.in_(chunk), t.c.status == NodeStateStatus.OPEN.value)
+            open_ids.update(conn.execute(stmt).scalars())
+        return [e for e in events if e.state_id in open_ids]
 
     def _write_batches(self, conn: Connection, events: list[BatchRecorded]) -> None:
         _insert_ignore(conn, s.batches, [_dump(e, "node_id") | {"aggregation_node_id": e.node_id} for e in events])

@@ -135,7 +135,7 @@ class AggregationDoFn(AuditedDoFn):
         if ordinal == 0:
             attempt, retry_of = self.restore.attempt(state.key, seq)
             self.record(
-                BatchRecorded(run_id=self.ctx.run_id, batch_id=batch_id, node_id=self.ctx.node_id, key=state.key,
+                BatchRecorded.fast(run_id=self.ctx.run_id, batch_id=batch_id, node_id=self.ctx.node_id, key=state.key,
                               sequence=seq, attempt=attempt, retry_of_batch_id=retry_of, status=BatchStatus.DRAFT)
             )
             end_timer.set(end_of_window(window))
@@ -143,7 +143,7 @@ class AggregationDoFn(AuditedDoFn):
                 due = self.clock() + self.timeout
                 state.deadline.write(due)
                 state.timeout_timer.set(due)
-        self.record(BatchMemberRecorded(run_id=self.ctx.run_id, batch_id=batch_id, token_id=token.token_id, ordinal=ordinal))
+        self.record(BatchMemberRecorded.fast(run_id=self.ctx.run_id, batch_id=batch_id, token_id=token.token_id, ordinal=ordinal))
         self.record_outcome(token, Outcome.BUFFERED, token_json=token.to_json_bytes().decode())
         limit = self.settings.trigger.count
         if limit is not None and ordinal + 1 >= limit:
@@ -215,7 +215,7 @@ class AggregationDoFn(AuditedDoFn):
         check_members(batch_id, members, self.ctx.run_id)
         batch = dict(run_id=self.ctx.run_id, batch_id=batch_id, node_id=self.ctx.node_id, key=key, sequence=seq,
                      attempt=attempt, trigger_type=trigger, trigger_reason=reason, retry_of_batch_id=retry_of)
-        self.record(BatchRecorded(status=BatchStatus.EXECUTING, **batch))
+        self.record(BatchRecorded.fast(status=BatchStatus.EXECUTING, **batch))
         step = self.execute(
             batch_id=batch_id,
             attempt=attempt,
@@ -224,7 +224,7 @@ class AggregationDoFn(AuditedDoFn):
             hash_output=lambda outs: [t.row for t in outs],
         )
         status = BatchStatus.COMPLETED if step.ok else BatchStatus.FAILED
-        self.record(BatchRecorded(status=status, aggregation_state_id=step.state_id, completed_at=utc_now(), **batch))
+        self.record(BatchRecorded.fast(status=status, aggregation_state_id=step.state_id, completed_at=utc_now(), **batch))
         if not step.ok:
             for member in members:
                 yield from self.divert(member, step.error)
@@ -236,7 +236,7 @@ class AggregationDoFn(AuditedDoFn):
         for ordinal, out in enumerate(outputs):
             if not passthrough:
                 self.record_token(out)
-            self.record(BatchOutputRecorded(run_id=self.ctx.run_id, batch_id=batch_id, token_id=out.token_id,
+            self.record(BatchOutputRecorded.fast(run_id=self.ctx.run_id, batch_id=batch_id, token_id=out.token_id,
                                             ordinal=ordinal, token_json=out.to_json_bytes().decode()))
             yield beam.pvalue.TaggedOutput(self.tag, out)
 

@@ -73,7 +73,10 @@ def _json(value: dict[str, Any] | None) -> str | None:
 
 
 class AuditedDoFn(beam.DoFn):
-    """Base of every audited node DoFn: per-bundle audit buffer + the audited executor."""
+    """Base of every audited node DoFn: per-bundle audit buffer + the audited executor.
+
+    Events are built with ``model_construct``: their fields come from validated tokens and
+    our own code, and pydantic validation per event was the largest single audit cost."""
 
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__()
@@ -146,14 +149,14 @@ class AuditedDoFn(beam.DoFn):
     def record_state(self, **fields: Any) -> None:
         """Record a closed node_state of this node (``execute`` and multi-token writers)."""
         self.record(
-            NodeStateRecorded(run_id=self.ctx.run_id, node_id=self.ctx.node_id, completed_at=utc_now(), **fields)
+            NodeStateRecorded.fast(run_id=self.ctx.run_id, node_id=self.ctx.node_id, completed_at=utc_now(), **fields)
         )
 
     # ---- tokens and outcomes ------------------------------------------------------------
 
     def record_token(self, token: TokenInfo) -> None:
         self.record(
-            TokenCreated(
+            TokenCreated.fast(
                 run_id=token.run_id,
                 token_id=token.token_id,
                 row_id=token.row_id,
@@ -165,7 +168,7 @@ class AuditedDoFn(beam.DoFn):
 
     def record_outcome(self, token: TokenInfo, outcome: Outcome, **fields: Any) -> None:
         self.record(
-            OutcomeRecorded(
+            OutcomeRecorded.fast(
                 run_id=token.run_id,
                 outcome_id=ids.outcome_id(token.token_id, outcome.value, self.ctx.node_id),
                 token_id=token.token_id,

@@ -57,7 +57,7 @@ class GateDoFn(AuditedDoFn):
         mode = "move" if len(destinations) == 1 else "copy"
         for dest in destinations:
             self.record(
-                RoutingRecorded(
+                RoutingRecorded.fast(
                     run_id=token.run_id,
                     routing_id=ids.routing_id(step.state_id, dest),
                     state_id=step.state_id,

@@ -55,7 +55,7 @@ class SourceDoFn(AuditedDoFn):
         row_id = ids.row_id(run_id, node_id, record.index)
         token_id = ids.token_id([row_id], node_id, 0)
         self.record(
-            RowRecorded(
+            RowRecorded.fast(
                 run_id=run_id,
                 row_id=row_id,
                 source_node_id=node_id,
