@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from enum import Enum
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -109,8 +110,8 @@ def _insert_ignore(conn: Connection, table: Table, rows: Sequence[dict[str, Any]
 
 
 def _dump(ev: AuditEvent, *drop: str) -> dict[str, Any]:
-    data = ev.model_dump(mode="json", exclude={"kind", *drop})
-    return data
+    """An event's fields as a row (enums as their values); cheaper than model_dump."""
+    return {k: (v.value if isinstance(v, Enum) else v) for k, v in ev.__dict__.items() if k != "kind" and k not in drop}
 
 
 class LandscapeStore:

@@ -175,10 +175,10 @@ class AggregationDoFn(AuditedDoFn):
         timeout_timer=beam.DoFn.TimerParam(TIMEOUT),
     ) -> Iterator[Any]:
         due = deadline.read()
-        if due is None:
-            return
-        if self.clock() < due:  # fired early (a runner draining its input): not a timeout yet
-            timeout_timer.set(due)
+        # Runners fire pending processing-time timers early when a bounded input ends; that
+        # is not a timeout — the end-of-source timer flushes those rows instead. (Re-arming
+        # here would loop: the runner's clock is already past the time it would be set for.)
+        if due is None or self.clock() < due:
             return
         state = KeyState(key, tokens, count, sequence, deadline, timeout_timer)
         yield from self._flush(state, TriggerType.TIMEOUT, f"timeout {self.settings.trigger.timeout_seconds:g}s")

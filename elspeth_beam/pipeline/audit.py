@@ -33,6 +33,21 @@ ERROR_TAG = "error"
 _EMIT_EVERY = 5000  # events per audit element: bounds memory on huge bundles
 
 
+_last_hashed: tuple[Any, str | None] = (None, None)
+
+
+def row_hash(value: Any) -> str:
+    """stable_hash, remembering the last value: a token's output hash at one node is its
+    input hash at the next, computed a moment later in the same fused stage."""
+    global _last_hashed
+    last, digest = _last_hashed  # one read: safe if another thread replaces it meanwhile
+    if value is last and digest is not None:
+        return digest
+    digest = stable_hash(value)
+    _last_hashed = (value, digest)
+    return digest
+
+
 def out_tag(destination: str) -> str:
     return f"out:{destination}"
 
@@ -126,9 +141,9 @@ class AuditedDoFn(beam.DoFn):
         error: dict[str, Any] | None = None
         output: Any = None
         try:
-            input_hash = stable_hash(inputs)
+            input_hash = row_hash(inputs)
             output = work()
-            output_hash = stable_hash(hash_output(output))
+            output_hash = row_hash(hash_output(output))
         except Exception as exc:  # a plugin's failure is data for the audit, not a crash
             error = error_info(exc, self.ctx.node_id)
             input_hash = _safe_hash(inputs)

@@ -18,12 +18,11 @@ from typing import Any
 
 from elspeth_beam.config.settings import SinkSettings
 from elspeth_beam.core import ids
-from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.core.enums import NodeStateStatus, Outcome
 from elspeth_beam.core.errors import ElspethError
 from elspeth_beam.core.events import ArtifactRecorded, utc_now
 from elspeth_beam.core.tokens import TokenInfo
-from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext
+from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, row_hash
 from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import SinkPlugin
 
@@ -107,7 +106,7 @@ class SinkDoFn(AuditedDoFn):
                 state_id=ids.state_id(token.token_id, node_id, 1),
                 token_id=token.token_id,
                 status=NodeStateStatus.COMPLETED,
-                input_hash=stable_hash(token.row),
+                input_hash=row_hash(token.row),
                 output_hash=content_hash,
                 duration_ms=duration_ms,
                 started_at=started_at,
