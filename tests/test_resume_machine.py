@@ -43,6 +43,8 @@ from elspeth_beam.pipeline.aggregation import AggregationDoFn, group_key
 from elspeth_beam.pipeline.audit import AUDIT_TAG, NodeContext
 from elspeth_beam.resume import plan_restore
 
+from fake_state import FakeBag, FakeCount, FakeTimer, FakeValue
+
 RUN = "run-machine"
 SOURCE = "source:source"
 NODE = "aggregation:agg"
@@ -54,65 +56,12 @@ SETTINGS = AggregationSettings(
 OPEN = ("draft", "executing")
 
 
-class Bag:
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-
-    def read(self):
-        return iter(list(self.items))
-
-    def add(self, item: Any) -> None:
-        self.items.append(item)
-
-    def clear(self) -> None:
-        self.items = []
-
-
-class Count:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def read(self) -> int:
-        return self.n
-
-    def add(self, k: int) -> None:
-        self.n += k
-
-    def clear(self) -> None:
-        self.n = 0
-
-
-class Value:
-    def __init__(self) -> None:
-        self.value: Any = None
-
-    def read(self) -> Any:
-        return self.value
-
-    def write(self, value: Any) -> None:
-        self.value = value
-
-    def clear(self) -> None:
-        self.value = None
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.when: Any = None
-
-    def set(self, when: Any) -> None:
-        self.when = when
-
-    def clear(self) -> None:
-        self.when = None
-
-
 class KeyBeamState:
     """One key's Beam state and timers (lost when the process dies)."""
 
     def __init__(self) -> None:
-        self.tokens, self.count, self.sequence, self.deadline = Bag(), Count(), Value(), Value()
-        self.end_timer, self.timeout_timer = Timer(), Timer()
+        self.tokens, self.count, self.sequence, self.deadline = FakeBag(), FakeCount(), FakeValue(), FakeValue()
+        self.end_timer, self.timeout_timer = FakeTimer(), FakeTimer()
 
     def state_params(self) -> dict[str, Any]:
         return dict(tokens=self.tokens, count=self.count, sequence=self.sequence, deadline=self.deadline,

@@ -34,6 +34,8 @@ from elspeth_beam.pipeline.aggregation import AggregationDoFn, KeyState
 from elspeth_beam.pipeline.audit import AUDIT_TAG, NodeContext
 from elspeth_beam.pipeline.restore import RestoredStateError
 
+from fake_state import FakeBag, FakeCount, FakeTimer, FakeValue
+
 RUN = "run-restore-test"
 SOURCE = "source:source"
 NODE = "aggregation:agg"
@@ -229,59 +231,6 @@ def test_corrupt_restored_members_are_refused_clearly(kind: str, mode: str) -> N
 
 
 # ---- _flush with fake state -------------------------------------------------------------------
-
-
-class FakeBag:
-    def __init__(self, items: list[Any] | None = None) -> None:
-        self.items = list(items or [])
-
-    def read(self) -> Iterator[Any]:
-        return iter(list(self.items))
-
-    def add(self, item: Any) -> None:
-        self.items.append(item)
-
-    def clear(self) -> None:
-        self.items = []
-
-
-class FakeCount:
-    def __init__(self, n: int = 0) -> None:
-        self.n = n
-
-    def read(self) -> int:
-        return self.n
-
-    def add(self, k: int) -> None:
-        self.n += k
-
-    def clear(self) -> None:
-        self.n = 0
-
-
-class FakeValue:
-    def __init__(self, value: Any = None) -> None:
-        self.value = value
-
-    def read(self) -> Any:
-        return self.value
-
-    def write(self, value: Any) -> None:
-        self.value = value
-
-    def clear(self) -> None:
-        self.value = None
-
-
-class FakeTimer:
-    def __init__(self) -> None:
-        self.when: Any = None
-
-    def set(self, when: Any) -> None:
-        self.when = when
-
-    def clear(self) -> None:
-        self.when = None
 
 
 def key_state(bag: list[Any], count: int, seq: int = SEQ) -> KeyState:
