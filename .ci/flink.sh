@@ -7,7 +7,7 @@ flink_fetch() {
   local jar="$cache/beam-runners-flink-${flink}-job-server-${beam}.jar"
   mkdir -p "$cache"
   if [ ! -f "$jar" ]; then
-    if ! mvn -q dependency:copy -Dartifact="$artifact" -DoutputDirectory="$cache" >"$cache/mvn.log" 2>&1; then
+    if ! mvn -q -U dependency:copy -Dartifact="$artifact" -DoutputDirectory="$cache" >"$cache/mvn.log" 2>&1; then
       echo "Flink job server unavailable: mvn dependency:copy -Dartifact=$artifact failed:"
       grep -m1 "Could not\|ERROR" "$cache/mvn.log" | sed 's/\x1b\[[0-9;]*m//g'
       return 0
