@@ -53,7 +53,3 @@ class Outcome(StrEnum):
     def is_terminal(self) -> bool:
         return self is not Outcome.BUFFERED
 
-
-# Statuses only move forward: a replayed or late event never moves one back.
-NODE_STATE_RANK = {NodeStateStatus.OPEN: 0, NodeStateStatus.COMPLETED: 1, NodeStateStatus.FAILED: 1}
-BATCH_RANK = {BatchStatus.DRAFT: 0, BatchStatus.EXECUTING: 1, BatchStatus.COMPLETED: 2, BatchStatus.FAILED: 2}

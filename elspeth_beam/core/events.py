@@ -169,5 +169,4 @@ AuditEvent = Annotated[
     Field(discriminator="kind"),
 ]
 
-AUDIT_EVENT_ADAPTER: TypeAdapter[AuditEvent] = TypeAdapter(AuditEvent)
 AUDIT_EVENTS_ADAPTER: TypeAdapter[list[AuditEvent]] = TypeAdapter(list[AuditEvent])

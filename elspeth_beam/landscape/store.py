@@ -24,12 +24,9 @@ from elspeth_beam.core.errors import LandscapeError, RunNotFoundError
 from elspeth_beam.core.events import (
     ArtifactRecorded,
     AuditEvent,
-    BatchMemberRecorded,
-    BatchOutputRecorded,
     BatchRecorded,
     NodeStateRecorded,
     OutcomeRecorded,
-    RoutingRecorded,
     RowRecorded,
     TokenCreated,
     utc_now,

@@ -35,6 +35,10 @@ class GateDoFn(AuditedDoFn):
 
     def setup(self) -> None:
         self.condition = Expression(self.settings.condition)
+        # one reason per route, hashed once here rather than once per token
+        self.reason_hashes = {
+            label: stable_hash({"condition": self.settings.condition, "value": label}) for label in self.routes
+        }
 
     def _decide(self, token: TokenInfo) -> dict[str, Any]:
         value = self.condition.evaluate(token.row)
@@ -44,7 +48,7 @@ class GateDoFn(AuditedDoFn):
                 f"condition {self.settings.condition!r} gave {label!r}, which has no route "
                 f"(routes: {', '.join(self.routes)})"
             )
-        return {"route": label, "destinations": self.routes[label], "value": label}
+        return {"route": label, "destinations": self.routes[label]}
 
     def process(self, token: TokenInfo) -> Iterator[Any]:
         step = self.execute(token_id=token.token_id, inputs=token.row, work=lambda: self._decide(token))
@@ -53,7 +57,7 @@ class GateDoFn(AuditedDoFn):
             return
         decision = step.output
         destinations: list[str] = decision["destinations"]
-        reason_hash = stable_hash({"condition": self.settings.condition, "value": decision["value"]})
+        reason_hash = self.reason_hashes[decision["route"]]
         mode = "move" if len(destinations) == 1 else "copy"
         for dest in destinations:
             self.record(
