@@ -1,4 +1,4 @@
-"""elspeth-beam command line: run, validate, explain, verify.
+"""elspeth-beam command line: run, validate, explain, verify, resume, runs, bench.
 
 User mistakes (bad settings, missing files, unknown runs) exit with code 2 and a message
 that says what to fix — never a traceback.
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from elspeth_beam.core.errors import ElspethError, SettingsError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_LANDSCAPE = "runs/landscape.db"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,11 +44,11 @@ def _parser() -> argparse.ArgumentParser:
 
     res = sub.add_parser("resume", help="finish a run that died, from what its Landscape committed")
     res.add_argument("run_id")
-    res.add_argument("--landscape-url", default=None, help="the run's Landscape (default sqlite:///runs/landscape.db)")
+    res.add_argument("--landscape-url", "-l", default=None, help="the run's Landscape (default runs/landscape.db)")
     res.add_argument("--settings", help="the run's settings file (needed when secrets were redacted)")
 
     lst = sub.add_parser("runs", help="list the runs in a Landscape")
-    lst.add_argument("landscape", nargs="?", default="runs/landscape.db")
+    lst.add_argument("landscape", nargs="?", default=DEFAULT_LANDSCAPE)
 
     ben = sub.add_parser("bench", help="measure the audit's cost: plain Beam vs elspeth_beam, same pipeline")
     ben.add_argument("--rows", type=int, default=100_000)
@@ -55,9 +56,20 @@ def _parser() -> argparse.ArgumentParser:
     ben.add_argument("--json", action="store_true")
 
     ver = sub.add_parser("verify", help="check a run's audit invariants")
-    ver.add_argument("landscape")
-    ver.add_argument("--run", help="run id (default: the latest run)")
+    _run_args(ver)
     return p
+
+
+def _run_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments every command about one recorded run shares: RUN_ID and --landscape-url."""
+    parser.add_argument("run_id", nargs="?", default="latest", help="run id (default: latest)")
+    parser.add_argument("--landscape-url", "-l", default=None, help="the Landscape: SQLite path or SQLAlchemy URL (default runs/landscape.db)")
+
+
+def _run_store(args: argparse.Namespace):
+    """The Landscape and run id named by ``_run_args``; ``latest`` resolves to the newest run."""
+    store = _store(args.landscape_url or DEFAULT_LANDSCAPE)
+    return store, (store.latest_run_id() if args.run_id == "latest" else args.run_id)
 
 
 def _cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -84,11 +96,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _store(landscape: str):
+    """An existing Landscape: a SQLite path (or sqlite:/// URL) must name a file that exists."""
     from pathlib import Path
 
     from elspeth_beam.core.errors import LandscapeError
     from elspeth_beam.landscape.store import LandscapeStore
 
+    landscape = landscape.removeprefix("sqlite:///")
     if "://" not in landscape and not Path(landscape).is_file():
         raise LandscapeError(f"no Landscape database at {landscape!r}; run a pipeline first or pass its path/URL")
     return LandscapeStore.open_existing(landscape)
@@ -113,11 +127,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _cmd_resume(args: argparse.Namespace, beam_args: list[str]) -> int:
     from elspeth_beam.config.loader import load_settings
-    from elspeth_beam.landscape.store import DEFAULT_URL
     from elspeth_beam.resume import resume_run
 
-    url = args.landscape_url or DEFAULT_URL
-    store = _store(url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url)
+    store = _store(args.landscape_url or DEFAULT_LANDSCAPE)
     loaded = load_settings(args.settings, landscape_url=store.url) if args.settings else None
     result = resume_run(store, args.run_id, loaded, beam_args=beam_args)
     print(result.text())
@@ -145,8 +157,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from elspeth_beam.landscape.verify import verify_run
 
-    store = _store(args.landscape)
-    report = verify_run(store, args.run or store.latest_run_id())
+    store, run_id = _run_store(args)
+    report = verify_run(store, run_id)
     print(report.text())
     return EXIT_OK if report.ok else EXIT_FAILED
 

@@ -124,9 +124,11 @@ class Proc:
 
 
 def cli(*args: str, fault: str | None = None, cwd: Path | None = None, timeout: float = 180) -> Proc:
-    """``python -m elspeth_beam.cli ARGS`` with this folder importable; stdout/stderr captured."""
+    """``python -m elspeth_beam.cli ARGS`` with this checkout and this folder importable (the
+    code under test, whatever else is installed); stdout/stderr captured."""
     env = {k: v for k, v in os.environ.items() if k != "ELSPETH_FAULT"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
+    paths = (str(TESTS_DIR.parent), str(TESTS_DIR), env.get("PYTHONPATH", ""))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     if fault is not None:
         env["ELSPETH_FAULT"] = fault
     done = subprocess.run(

@@ -129,7 +129,7 @@ def assert_landscape_complete(db: Path, run_id: str, rows: int) -> None:
     assert rows_without_exactly_one_terminal(db, run_id) == []
     assert sql(db, "SELECT COUNT(*) FROM node_states WHERE run_id = ? AND status NOT IN ('completed','failed')", run_id) == [(0,)]
     assert sql(db, "SELECT COUNT(*) FROM batches WHERE run_id = ? AND status NOT IN ('completed','failed')", run_id) == [(0,)]
-    verify = cli("verify", str(db), "--run", run_id)
+    verify = cli("verify", run_id, "--landscape-url", str(db))
     assert verify.code == 0 and f"run {run_id}: OK" in verify.stdout, verify
 
 
