@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, and_, bindparam, create_engine, event, inspect, or_, select, update
+from sqlalchemy import Engine, Select, Table, and_, bindparam, create_engine, event, inspect, or_, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
@@ -349,9 +349,24 @@ class LandscapeStore:
         return row[0]
 
     def table_rows(self, table: Table, run_id: str | None = None) -> list[dict[str, Any]]:
-        """All rows of a table (of one run where the table has run_id), for tools and tests."""
-        stmt = select(table)
-        if run_id is not None and "run_id" in table.c:
-            stmt = stmt.where(table.c.run_id == run_id)
+        """All rows of a table (of one run if given), in primary-key order, for tools and tests."""
+        stmt = select(table) if run_id is None else run_rows(table, run_id)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+def run_rows(table: Table, run_id: str) -> Select:
+    """The rows of ``table`` that belong to one run, in primary-key order (a canonical order).
+
+    ``token_parents`` has no run_id of its own: its rows belong to the run of their token.
+    """
+    stmt = select(table)
+    if "run_id" in table.c:
+        stmt = stmt.where(table.c.run_id == run_id)
+    elif table is s.token_parents:
+        stmt = stmt.where(table.c.token_id.in_(select(s.tokens.c.token_id).where(s.tokens.c.run_id == run_id)))
+    return stmt.order_by(*table.primary_key.columns)
+
+
+RUN_TABLES: tuple[Table, ...] = tuple(t for t in s.metadata.sorted_tables if t is not s.landscape_schema)
+"""Every table that holds a run's records (all but the schema-version marker)."""
