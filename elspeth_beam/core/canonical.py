@@ -138,6 +138,9 @@ def _encode(value: Any, out: list[str]) -> None:
         out.append("}")
 
 
+_compact_sorted = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def canonical_json(obj: Any) -> bytes:
     """Canonical UTF-8 JSON bytes of ``obj`` (raises CanonicalizationError)."""
     flags = _Flags()
@@ -147,7 +150,7 @@ def canonical_json(obj: Any) -> bytes:
         _encode(value, out)
         text = "".join(out)
     else:  # the common case: the C encoder gives exactly the canonical text
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        text = _compact_sorted(value)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -12,10 +12,11 @@ import json
 from typing import Any
 
 _ID_HEX = 24  # 96 bits: collision-free for any realistic run, still readable
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps builds one per call
 
 
 def make_id(kind: str, *parts: Any) -> str:
-    digest = hashlib.sha256(json.dumps([kind, *parts], separators=(",", ":")).encode()).hexdigest()
+    digest = hashlib.sha256(_encode([kind, *parts]).encode()).hexdigest()
     return f"{kind}_{digest[:_ID_HEX]}"
 
 

@@ -51,6 +51,9 @@ def _check_json_native(value: Any, path: str) -> None:
     )
 
 
+_encode_token = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 class TokenInfo(BaseModel):
     """A row instance travelling one path through the graph (frozen, JSON-native data)."""
 
@@ -76,7 +79,7 @@ class TokenInfo(BaseModel):
         return TokenInfo(**{**self.__dict__, "row": row})
 
     def to_json_bytes(self) -> bytes:
-        return json.dumps(
+        return _encode_token(
             {
                 "run_id": self.run_id,
                 "row_id": self.row_id,
@@ -85,11 +88,7 @@ class TokenInfo(BaseModel):
                 "parent_ids": list(self.parent_ids),
                 "branch": self.branch,
                 "row": self.row,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
+            }
         ).encode("utf-8")
 
     @classmethod

@@ -8,10 +8,11 @@ open < completed|failed). Replaying any set of events, in any order, changes not
 from __future__ import annotations
 
 import json
+import threading
 import time
-from enum import Enum
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from elspeth_beam.core.enums import BatchStatus, NodeStateStatus
 from elspeth_beam.core.errors import LandscapeError, RunNotFoundError
 from elspeth_beam.core.events import (
-    ArtifactRecorded,
     AuditEvent,
     BatchRecorded,
     NodeStateRecorded,
     OutcomeRecorded,
-    RowRecorded,
     TokenCreated,
     utc_now,
 )
@@ -35,6 +34,24 @@ from elspeth_beam.landscape import schema as s
 
 DEFAULT_URL = "sqlite:///runs/landscape.db"
 _DEADLOCK_RETRIES = 5
+
+
+class WriteStats:
+    """What this process's audit writes cost: rows offered and seconds inside ``write_events``
+    (the benchmark's audit-sink rate; cheap enough to keep always on)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, rows: int, seconds: float) -> None:
+        with self._lock:
+            self.rows += rows
+            self.seconds += seconds
+
+
+WRITE_STATS = WriteStats()
 
 
 def _is_retryable(exc: OperationalError | IntegrityError) -> bool:
@@ -93,22 +110,30 @@ def _insert_sql(conn: Connection, table: Table, columns: tuple[str, ...]) -> tup
     return _COMPILED[cache_key]
 
 
-def _insert_ignore(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+def _insert_ignore(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> int:
     """Insert-or-ignore on the primary key, as one executemany at the driver level (the
-    SQLAlchemy-level executemany spent more time building parameters than SQLite inserting)."""
+    SQLAlchemy-level executemany spent more time building parameters than SQLite inserting).
+
+    ``rows`` may be events' own ``__dict__``s: only the table's columns are read, so no copy
+    is made. StrEnum values bind as their text on both drivers.
+    """
     if not rows:
-        return
-    keys = [c.name for c in table.primary_key.columns]
+        return 0
+    columns = tuple(c.name for c in table.columns if c.name in rows[0])
     # one key order for every writer: concurrent transactions lock rows in the same order
-    ordered = sorted(rows, key=lambda r: tuple(str(r[k]) for k in keys))
-    sql, positions = _insert_sql(conn, table, tuple(ordered[0]))
-    params = [tuple(r[p] for p in positions) for r in ordered] if positions is not None else ordered
+    ordered = sorted(rows, key=itemgetter(*(c.name for c in table.primary_key.columns)))
+    sql, positions = _insert_sql(conn, table, columns)
+    if positions is not None:
+        params: list[Any] = list(map(itemgetter(*positions), ordered))
+    else:
+        params = [{c: r[c] for c in columns} for r in ordered]
     conn.exec_driver_sql(sql, params)
+    return len(params)
 
 
-def _dump(ev: AuditEvent, *drop: str) -> dict[str, Any]:
-    """An event's fields as a row (enums as their values); cheaper than model_dump."""
-    return {k: (v.value if isinstance(v, Enum) else v) for k, v in ev.__dict__.items() if k != "kind" and k not in drop}
+def _fields(events: Sequence[AuditEvent]) -> list[dict[str, Any]]:
+    """The events' field dicts, as rows for ``_insert_ignore`` (read-only, never copied)."""
+    return [e.__dict__ for e in events]
 
 
 class LandscapeStore:
@@ -159,6 +184,7 @@ class LandscapeStore:
 
     def write_events(self, events: Iterable[AuditEvent]) -> None:
         """Persist events in one transaction; replays and reorderings are no-ops."""
+        started = time.perf_counter()
         by_kind: dict[str, list[AuditEvent]] = defaultdict(list)
         for ev in events:
             by_kind[ev.kind].append(ev)
@@ -167,7 +193,8 @@ class LandscapeStore:
         for attempt in range(_DEADLOCK_RETRIES):
             try:
                 with self.engine.begin() as conn:
-                    self._write(conn, by_kind)
+                    rows_written = self._write(conn, by_kind)
+                WRITE_STATS.add(rows_written, time.perf_counter() - started)
                 return
             except (OperationalError, IntegrityError) as exc:
                 # A deadlock victim, or a race: another writer was committing the same record,
@@ -178,36 +205,24 @@ class LandscapeStore:
                     raise
                 time.sleep(0.05 * (attempt + 1))
 
-    def _write(self, conn: Connection, by_kind: dict[str, list[AuditEvent]]) -> None:
-        rows_: list[RowRecorded] = by_kind.get("row", [])  # type: ignore[assignment]
-        _insert_ignore(conn, s.rows, [_dump(e) for e in rows_])
+    def _write(self, conn: Connection, by_kind: dict[str, list[AuditEvent]]) -> int:
+        """Insert every kind of event; returns the number of rows offered to the database."""
         toks: list[TokenCreated] = by_kind.get("token", [])  # type: ignore[assignment]
-        _insert_ignore(conn, s.tokens, [_dump(e, "parent_ids") for e in toks])
-        _insert_ignore(
-            conn,
-            s.token_parents,
-            [
-                {"token_id": e.token_id, "parent_token_id": p, "ordinal": i}
-                for e in toks
-                for i, p in enumerate(e.parent_ids)
-            ],
-        )
-        self._write_node_states(conn, by_kind.get("node_state", []))  # type: ignore[arg-type]
-        _insert_ignore(conn, s.routing_events, [_dump(e) for e in by_kind.get("routing", [])])
-        self._write_batches(conn, by_kind.get("batch", []))  # type: ignore[arg-type]
-        _insert_ignore(conn, s.batch_members, [_dump(e) for e in by_kind.get("batch_member", [])])
-        _insert_ignore(conn, s.batch_outputs, [_dump(e) for e in by_kind.get("batch_output", [])])
         outcomes: list[OutcomeRecorded] = by_kind.get("outcome", [])  # type: ignore[assignment]
-        _insert_ignore(
-            conn,
-            s.token_outcomes,
-            [{**_dump(e), "is_terminal": e.outcome.is_terminal} for e in outcomes],
-        )
-        arts: list[ArtifactRecorded] = by_kind.get("artifact", [])  # type: ignore[assignment]
-        _insert_ignore(conn, s.artifacts, [_dump(e) for e in arts])
+        parents = [{"token_id": e.token_id, "parent_token_id": p, "ordinal": i} for e in toks for i, p in enumerate(e.parent_ids)]
+        n = _insert_ignore(conn, s.rows, _fields(by_kind.get("row", [])))
+        n += _insert_ignore(conn, s.tokens, _fields(toks))
+        n += _insert_ignore(conn, s.token_parents, parents)
+        n += self._write_node_states(conn, by_kind.get("node_state", []))  # type: ignore[arg-type]
+        n += _insert_ignore(conn, s.routing_events, _fields(by_kind.get("routing", [])))
+        n += self._write_batches(conn, by_kind.get("batch", []))  # type: ignore[arg-type]
+        n += _insert_ignore(conn, s.batch_members, _fields(by_kind.get("batch_member", [])))
+        n += _insert_ignore(conn, s.batch_outputs, _fields(by_kind.get("batch_output", [])))
+        n += _insert_ignore(conn, s.token_outcomes, [{**e.__dict__, "is_terminal": e.outcome.is_terminal} for e in outcomes])
+        return n + _insert_ignore(conn, s.artifacts, _fields(by_kind.get("artifact", [])))
 
-    def _write_node_states(self, conn: Connection, events: list[NodeStateRecorded]) -> None:
-        _insert_ignore(conn, s.node_states, [_dump(e) for e in events])
+    def _write_node_states(self, conn: Connection, events: list[NodeStateRecorded]) -> int:
+        written = _insert_ignore(conn, s.node_states, _fields(events))
         closed = self._still_open(conn, [e for e in events if e.status is not NodeStateStatus.OPEN])
         if closed:
             t = s.node_states
@@ -236,6 +251,7 @@ class LandscapeStore:
                     for e in closed
                 ],
             )
+        return written
 
     @staticmethod
     def _still_open(conn: Connection, events: list[NodeStateRecorded]) -> list[NodeStateRecorded]:
@@ -249,8 +265,8 @@ class LandscapeStore:
             open_ids.update(conn.execute(stmt).scalars())
         return [e for e in events if e.state_id in open_ids]
 
-    def _write_batches(self, conn: Connection, events: list[BatchRecorded]) -> None:
-        _insert_ignore(conn, s.batches, [_dump(e, "node_id") | {"aggregation_node_id": e.node_id} for e in events])
+    def _write_batches(self, conn: Connection, events: list[BatchRecorded]) -> int:
+        written = _insert_ignore(conn, s.batches, [{**e.__dict__, "aggregation_node_id": e.node_id} for e in events])
         t = s.batches
         if events:  # a batch was created when its first event was made, whichever lands first
             conn.execute(
@@ -292,6 +308,7 @@ class LandscapeStore:
                     for e in moved
                 ],
             )
+        return written
 
     # ---- runs ---------------------------------------------------------------------------
 

@@ -101,6 +101,7 @@ class AggregationDoFn(AuditedDoFn):
 
     def setup(self) -> None:
         self.plugin = registry.build(BatchPlugin, self.settings.plugin, self.settings.options)
+        self._open_batch_ids: dict[str, tuple[int, str]] = {}
 
     # ---- accept ---------------------------------------------------------------------------
 
@@ -186,8 +187,12 @@ class AggregationDoFn(AuditedDoFn):
     # ---- flush ----------------------------------------------------------------------------
 
     def _batch_id(self, key: str, seq: int) -> str:
-        attempt, _ = self.restore.attempt(key, seq)
-        return ids.batch_id(self.ctx.run_id, self.ctx.node_id, key, seq, attempt)
+        """The open batch's id, hashed once per batch rather than once per member."""
+        cached = self._open_batch_ids.get(key)
+        if cached is None or cached[0] != seq:
+            attempt, _ = self.restore.attempt(key, seq)
+            cached = self._open_batch_ids[key] = (seq, ids.batch_id(self.ctx.run_id, self.ctx.node_id, key, seq, attempt))
+        return cached[1]
 
     def _flush(self, state: KeyState, trigger: TriggerType, reason: str) -> Iterator[Any]:
         members: list[TokenInfo] = list(state.tokens.read())

@@ -1,8 +1,15 @@
-"""WriteLandscape: the single audit sink every audit stream is flattened into."""
+"""WriteLandscape: the audit sink each node's audit stream goes into.
+
+Writes run on one background thread per writer, so SQLite's (or the network's) time
+overlaps the pipeline's Python work — SQLite releases the GIL while it inserts and syncs.
+A bundle still finishes only after every one of its audit writes has committed, so what Beam
+counts as done is always in the Landscape (a crash loses nothing a retry would not redo).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import apache_beam as beam
 
@@ -13,7 +20,7 @@ _WRITE_EVERY = 20000  # events per transaction
 
 
 class WriteLandscapeFn(beam.DoFn):
-    """Buffers a bundle's audit events and writes them in one idempotent transaction."""
+    """Buffers a bundle's audit events and writes them in idempotent transactions."""
 
     def __init__(self, url: str) -> None:
         super().__init__()
@@ -21,6 +28,8 @@ class WriteLandscapeFn(beam.DoFn):
 
     def setup(self) -> None:
         self.store = LandscapeStore(self.url)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="landscape-writer")
+        self._pending: Future[None] | None = None
 
     def start_bundle(self) -> None:
         self._buffer: list[AuditEvent] = []
@@ -28,17 +37,30 @@ class WriteLandscapeFn(beam.DoFn):
     def process(self, events: Iterable[AuditEvent]) -> None:
         self._buffer.extend(events)
         if len(self._buffer) >= _WRITE_EVERY:
-            self._flush()
+            self._submit()
 
     def finish_bundle(self) -> None:
-        self._flush()
+        self._submit()
+        self._wait()
 
-    def _flush(self) -> None:
-        if self._buffer:
-            self.store.write_events(self._buffer)
-            self._buffer = []
+    def _submit(self) -> None:
+        """Hand the buffer to the writer thread; at most one write in flight (bounded memory,
+        and a failed write surfaces at the next submit)."""
+        if not self._buffer:
+            return
+        self._wait()
+        self._pending = self._writer.submit(self.store.write_events, self._buffer)
+        self._buffer = []
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def teardown(self) -> None:
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            writer.shutdown(wait=True)
         store = getattr(self, "store", None)
         if store is not None:
             store.dispose()
