@@ -30,7 +30,7 @@ from elspeth_beam.core.tokens import TokenInfo
 
 AUDIT_TAG = "audit"
 ERROR_TAG = "error"
-_EMIT_EVERY = 5000  # events per audit element: bounds memory on huge bundles
+_EMIT_EVERY = 2000  # events per audit element: bounds memory on huge bundles
 
 
 _last_hashed: tuple[Any, str | None] = (None, None)

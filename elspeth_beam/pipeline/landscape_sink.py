@@ -16,7 +16,7 @@ import apache_beam as beam
 from elspeth_beam.core.events import AuditEvent
 from elspeth_beam.landscape.store import LandscapeStore
 
-_WRITE_EVERY = 20000  # events per transaction
+_WRITE_EVERY = 5000  # events per transaction: bounds memory (one buffer + one in flight per node)
 
 
 class WriteLandscapeFn(beam.DoFn):
