@@ -180,7 +180,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     store, run_id = _run_store(args)
     manifest = export_run(store, run_id, args.out, args.format, force=args.force)
-    for name, t in manifest.tables.items():
+    for t in manifest.tables.values():
         print(f"{t.file:<28} {t.rows:>9} rows  sha256 {t.sha256}")
     print(f"exported run {run_id} ({manifest.run_status}) to {args.out}/ — check the files against {args.out}/manifest.json")
     return EXIT_OK

@@ -295,6 +295,14 @@ def test_cli_refuses_a_non_empty_folder_unless_forced(two_runs, tmp_path, capsys
     assert list(tmp_path.glob(".audit.export-*")) == []
 
 
+def test_cli_unwritable_target_exits_2_with_the_reason(two_runs, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    code = main(["export", "-l", str(two_runs["db"]), "--out", str(tmp_path / "a-file" / "audit")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"cannot write the export to {tmp_path / 'a-file' / 'audit'}" in err and "Traceback" not in err
+
+
 @pytest.mark.postgres
 def test_export_from_postgres_matches_its_tables(postgres_url, quickstart_settings, tmp_path):
     run = testing.run_for_test(quickstart_settings, tmp_path, landscape=postgres_url)

@@ -167,3 +167,19 @@ def test_runs_lists_times_rows_and_outcomes(two_runs, capsys):
     for r, line in zip(listed, lines[1:]):
         outcomes = " ".join(f"{k}={v}" for k, v in r["outcomes"].items())
         assert line.split() == [r["run_id"], r["status"], r["started_at"], f"{r['duration_s']:.1f}s", str(r["rows"]), *outcomes.split()]
+
+
+@pytest.mark.postgres
+def test_show_on_postgres(postgres_url, quickstart_settings, tmp_path):
+    from sqlalchemy import text
+
+    run = testing.run_for_test(quickstart_settings, tmp_path, landscape=postgres_url)
+    d = show_run(run.store, run.run_id)
+    with run.store.engine.connect() as conn:
+        outcomes = dict(conn.execute(text(
+            "SELECT outcome, COUNT(*) FROM token_outcomes WHERE run_id = :r AND is_terminal GROUP BY outcome"), {"r": run.run_id}).all())
+        failed = conn.execute(text("SELECT COUNT(*) FROM node_states WHERE run_id = :r AND status = 'failed'"), {"r": run.run_id}).scalar_one()
+    assert d.outcomes == outcomes and d.errors_total == outcomes["quarantined"]
+    assert sum(n.failed for n in d.nodes) == failed > 0
+    assert all(n.mean_ms is not None for n in d.nodes)
+    assert "quarantined / failed" in render_text(d)

@@ -113,29 +113,36 @@ def export_run(
     out = Path(out_dir)
     run = store.run(run_id)  # RunNotFoundError before anything touches the disk
     _check_target(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
     stage = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:12]}"
-    stage.mkdir()  # beside out_dir: same filesystem, so the final renames are atomic
     try:
-        tables: dict[str, TableFile] = {}
-        with _snapshot(store) as conn:
-            for table in RUN_TABLES:
-                tables[table.name] = _write_table(conn, table, run_id, stage, fmt, chunk_rows)
-        manifest = Manifest(
-            run_id=run_id,
-            run_status=run["status"],
-            format=fmt,
-            exported_at=utc_now(),
-            elspeth_beam_version=elspeth_beam.__version__,
-            schema_version=s.SCHEMA_VERSION,
-            landscape=store.engine.url.render_as_string(hide_password=True),
-            tables=tables,
-        )
-        with _durable(stage / MANIFEST, "w") as handle:
-            handle.write(manifest.model_dump_json(indent=2) + "\n")
-        _move_into_place(stage, out, [t.file for t in tables.values()])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage.mkdir()  # beside out_dir: same filesystem, so the final renames are atomic
+        return _export_staged(store, run, out, stage, fmt, chunk_rows)
+    except OSError as exc:
+        raise ExportError(f"cannot write the export to {out}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _export_staged(store: LandscapeStore, run: dict[str, Any], out: Path, stage: Path, fmt: ExportFormat, chunk_rows: int) -> Manifest:
+    run_id = run["run_id"]
+    tables: dict[str, TableFile] = {}
+    with _snapshot(store) as conn:
+        for table in RUN_TABLES:
+            tables[table.name] = _write_table(conn, table, run_id, stage, fmt, chunk_rows)
+    manifest = Manifest(
+        run_id=run_id,
+        run_status=run["status"],
+        format=fmt,
+        exported_at=utc_now(),
+        elspeth_beam_version=elspeth_beam.__version__,
+        schema_version=s.SCHEMA_VERSION,
+        landscape=store.engine.url.render_as_string(hide_password=True),
+        tables=tables,
+    )
+    with _durable(stage / MANIFEST, "w") as handle:
+        handle.write(manifest.model_dump_json(indent=2) + "\n")
+    _move_into_place(stage, out, [t.file for t in tables.values()])
     return manifest
 
 
