@@ -1,4 +1,4 @@
-"""elspeth-beam command line: run, validate, explain, verify, resume, runs, bench.
+"""elspeth-beam command line: run, validate, explain, verify, resume, runs, show, export, bench.
 
 User mistakes (bad settings, missing files, unknown runs) exit with code 2 and a message
 that says what to fix — never a traceback.
@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--settings", help="the run's settings file (needed when secrets were redacted)")
 
     lst = sub.add_parser("runs", help="list the runs in a Landscape")
-    lst.add_argument("landscape", nargs="?", default=DEFAULT_LANDSCAPE)
+    lst.add_argument("landscape", nargs="?", default=None, help="SQLite path or SQLAlchemy URL (default runs/landscape.db)")
+    lst.add_argument("--landscape-url", "-l", default=None, help="the same, as an option (as for show, export, verify)")
+    lst.add_argument("--json", action="store_true", help="print the runs as JSON")
 
     ben = sub.add_parser("bench", help="measure the audit's cost: plain Beam vs elspeth_beam, same pipeline")
     ben.add_argument("--rows", type=int, default=100_000)
@@ -57,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
 
     ver = sub.add_parser("verify", help="check a run's audit invariants")
     _run_args(ver)
+
+    shw = sub.add_parser("show", help="one run at a glance: header, settings, nodes, outcomes, batches, errors")
+    _run_args(shw)
+    shw.add_argument("--top", type=int, default=10, help="how many quarantine/failure reasons to list (default 10)")
+    shw.add_argument("--json", action="store_true")
+
+    ex = sub.add_parser("export", help="write every Landscape table of a run to typed files plus a manifest")
+    _run_args(ex)
+    ex.add_argument("--format", choices=["parquet", "jsonl"], default="parquet", help="file format (default parquet)")
+    ex.add_argument("--out", required=True, help="folder to create (must be new or empty)")
+    ex.add_argument("--force", action="store_true", help="write into a non-empty folder, replacing earlier export files")
     return p
 
 
@@ -139,10 +152,37 @@ def _cmd_resume(args: argparse.Namespace, beam_args: list[str]) -> int:
 def _cmd_runs(args: argparse.Namespace) -> int:
     from elspeth_beam.landscape.summary import list_runs
 
-    store = _store(args.landscape)
-    print(f"{'run id':<28} {'status':<11} {'started':<27} {'rows':>6}  db")
-    for r in list_runs(store):
-        print(f"{r['run_id']:<28} {r['status']:<11} {r['started_at']:<27} {r['rows']:>6}  {store.url}")
+    store = _store(args.landscape_url or args.landscape or DEFAULT_LANDSCAPE)
+    runs = list_runs(store)
+    if args.json:
+        print(json.dumps(runs, indent=2))
+        return EXIT_OK
+    print(f"{'run id':<28} {'status':<11} {'started':<32} {'duration':>9} {'rows':>7}  outcomes")
+    for r in runs:
+        took = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "-"
+        outcomes = " ".join(f"{k}={v}" for k, v in r["outcomes"].items()) or "-"
+        print(f"{r['run_id']:<28} {r['status']:<11} {r['started_at']:<32} {took:>9} {r['rows']:>7}  {outcomes}")
+    print(f"landscape: {store.engine.url.render_as_string(hide_password=True)}")
+    return EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from elspeth_beam.landscape.show import render_text, show_run
+
+    store, run_id = _run_store(args)
+    details = show_run(store, run_id, top=args.top)
+    print(details.model_dump_json(indent=2) if args.json else render_text(details))
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from elspeth_beam.landscape.export import export_run
+
+    store, run_id = _run_store(args)
+    manifest = export_run(store, run_id, args.out, args.format, force=args.force)
+    for t in manifest.tables.values():
+        print(f"{t.file:<28} {t.rows:>9} rows  sha256 {t.sha256}")
+    print(f"exported run {run_id} ({manifest.run_status}) to {args.out}/ — check the files against {args.out}/manifest.json")
     return EXIT_OK
 
 
@@ -195,6 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_runs(args)
         if args.command == "bench":
             return _cmd_bench(args)
+        if args.command == "show":
+            return _cmd_show(args)
+        if args.command == "export":
+            return _cmd_export(args)
         return _cmd_verify(args)
     except SettingsError as exc:
         print(f"elspeth-beam: {exc}", file=sys.stderr)
