@@ -1,4 +1,4 @@
-"""elspeth-beam command line: run, validate, explain, verify, resume, runs, bench.
+"""elspeth-beam command line: run, validate, explain, verify, report, resume, runs, bench.
 
 User mistakes (bad settings, missing files, unknown runs) exit with code 2 and a message
 that says what to fix — never a traceback.
@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
 
     ver = sub.add_parser("verify", help="check a run's audit invariants")
     _run_args(ver)
+
+    rep = sub.add_parser("report", help="write a run's Landscape as one static HTML page (graph, counts, batches, reasons)")
+    _run_args(rep)
+    rep.add_argument("--out", "-o", default="report.html", help="the HTML file to write (default report.html)")
+    rep.add_argument("--top", type=int, default=20, help="how many quarantine/failure reasons to list (default 20)")
     return p
 
 
@@ -163,6 +168,19 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from elspeth_beam.landscape.report import build_report, write_report
+
+    if args.top < 0:
+        raise ElspethError(f"--top {args.top}: give the number of reasons to list, 0 or more")
+    store, run_id = _run_store(args)
+    report = build_report(store, run_id, top_reasons=args.top)
+    path = write_report(report, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1024:,.0f} KB): run {run_id} [{report.header.status}], "
+          f"{len(report.nodes)} nodes, {report.header.rows_read:,} rows read")
+    return EXIT_OK
+
+
 def _quiet_beam_import_noise(record: logging.LogRecord) -> bool:
     """Beam warns about optional Google Cloud libraries on every run; they are not needed."""
     return "apitools not found" not in record.getMessage()
@@ -195,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_runs(args)
         if args.command == "bench":
             return _cmd_bench(args)
+        if args.command == "report":
+            return _cmd_report(args)
         return _cmd_verify(args)
     except SettingsError as exc:
         print(f"elspeth-beam: {exc}", file=sys.stderr)
