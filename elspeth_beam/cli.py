@@ -1,4 +1,4 @@
-"""elspeth-beam command line: run, validate, explain, verify, resume, runs, show, export, bench.
+"""elspeth-beam command line: run, validate, explain, verify, resume, runs, show, export, report, bench.
 
 User mistakes (bad settings, missing files, unknown runs) exit with code 2 and a message
 that says what to fix — never a traceback.
@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["parquet", "jsonl"], default="parquet", help="file format (default parquet)")
     ex.add_argument("--out", required=True, help="folder to create (must be new or empty)")
     ex.add_argument("--force", action="store_true", help="write into a non-empty folder, replacing earlier export files")
+
+    rep = sub.add_parser("report", help="write a run's Landscape as one static HTML page (graph, counts, batches, reasons)")
+    _run_args(rep)
+    rep.add_argument("--out", "-o", default="report.html", help="the HTML file to write (default report.html)")
+    rep.add_argument("--top", type=int, default=20, help="how many quarantine/failure reasons to list (default 20)")
     return p
 
 
@@ -203,6 +208,19 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from elspeth_beam.landscape.report import build_report, write_report
+
+    if args.top < 0:
+        raise ElspethError(f"--top {args.top}: give the number of reasons to list, 0 or more")
+    store, run_id = _run_store(args)
+    report = build_report(store, run_id, top_reasons=args.top)
+    path = write_report(report, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1024:,.0f} KB): run {run_id} [{report.header.status}], "
+          f"{len(report.nodes)} nodes, {report.header.rows_read:,} rows read")
+    return EXIT_OK
+
+
 def _quiet_beam_import_noise(record: logging.LogRecord) -> bool:
     """Beam warns about optional Google Cloud libraries on every run; they are not needed."""
     return "apitools not found" not in record.getMessage()
@@ -239,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_show(args)
         if args.command == "export":
             return _cmd_export(args)
+        if args.command == "report":
+            return _cmd_report(args)
         return _cmd_verify(args)
     except SettingsError as exc:
         print(f"elspeth-beam: {exc}", file=sys.stderr)
