@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from elspeth_beam.core.errors import ElspethError, SettingsError
+from elspeth_beam.core.errors import ElspethError, PipelineFailedError, SettingsError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_LANDSCAPE = "runs/landscape.db"
@@ -265,8 +265,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except ElspethError as exc:
         print(f"elspeth-beam: error: {exc}", file=sys.stderr)
-        from elspeth_beam.run import PipelineFailedError
-
         return EXIT_FAILED if isinstance(exc, PipelineFailedError) else EXIT_USAGE
 
 

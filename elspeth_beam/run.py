@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from elspeth_beam.config.loader import LoadedPipeline
 from elspeth_beam.core.canonical import canonical_json, stable_hash
 from elspeth_beam.core.enums import NodeType, RunStatus
-from elspeth_beam.core.errors import ElspethError
+from elspeth_beam.core.errors import ElspethError, PipelineFailedError
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
 from elspeth_beam.landscape.summary import summarize
@@ -35,10 +35,6 @@ from elspeth_beam.plugins.base import SinkPlugin, SourcePlugin
 # fallbacks run offline, so "DirectRunner" resolves to them directly: the FnApiRunner (fast),
 # or the BundleBasedDirectRunner for streaming.
 _DIRECT_ALIASES = {"directrunner", "direct"}
-
-
-class PipelineFailedError(ElspethError):
-    """The Beam pipeline raised; the run is recorded as failed."""
 
 
 @dataclass

@@ -37,3 +37,7 @@ class LandscapeError(ElspethError):
 
 class RunNotFoundError(LandscapeError):
     """No run with the requested id exists in the Landscape."""
+
+
+class PipelineFailedError(ElspethError):
+    """The Beam pipeline raised; the run is recorded as failed."""
