@@ -10,6 +10,7 @@ lines now and then, never an escape code.
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -20,7 +21,6 @@ from typing import Any, TextIO
 
 from sqlalchemy import Engine, Select, Table, event, func, literal_column, select
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import make_engine
@@ -148,7 +148,7 @@ class ProgressLine:
         self._last = now
         line = format_counts(counts, now - self.started)
         if self.tty:
-            width = self.width or shutil.get_terminal_size().columns
+            width = self.width or _columns(self.stream)
             line = f"\r{line[: max(width - 1, 1)]}{_CLEAR_TO_EOL}" + ("\n" if final else "")
         else:
             line += "\n"
@@ -156,12 +156,21 @@ class ProgressLine:
         self.stream.flush()
 
 
+def _columns(stream: TextIO) -> int:
+    """The width of the terminal ``stream`` writes to (stdout may be redirected elsewhere)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return shutil.get_terminal_size().columns
+
+
 class ProgressReporter:
     """A daemon thread that polls ``poll`` and feeds a ``ProgressLine`` while a run runs.
 
     Use as a context manager around the pipeline; leaving it stops the thread, polls once
-    more and writes the final line. A failed poll (e.g. a database hiccup) is recorded in
-    ``errors`` and skipped: progress must never break the run it reports on.
+    more and writes the final line. Progress must never break the run it reports on: a failed
+    poll (a database hiccup) is recorded in ``errors`` and skipped, and a stream that cannot
+    be written (a closed pipe) ends the display.
     """
 
     def __init__(self, poll: Callable[[], Counts], line: ProgressLine, *, clock: Clock = time.monotonic) -> None:
@@ -171,6 +180,7 @@ class ProgressReporter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="elspeth-progress", daemon=True)
         self.last = Counts()  # the latest counts polled
+        self._shown = True  # the stream still takes writes
 
     def __enter__(self) -> "ProgressReporter":
         self._thread.start()
@@ -179,7 +189,7 @@ class ProgressReporter:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
-        self.line.finish(self._poll() or self.last)
+        self._show(self.line.finish, self._poll() or self.last)
 
     def _loop(self) -> None:
         delay = self.line.every
@@ -187,14 +197,23 @@ class ProgressReporter:
             started = self.clock()
             counts = self._poll()
             if counts is not None and not self._stop.is_set():
-                self.line.update(counts)
+                self._show(self.line.update, counts)
             delay = max(self.line.every, (self.clock() - started) / _MAX_POLL_SHARE)
+
+    def _show(self, write: Callable[[Counts], object], counts: Counts) -> None:
+        if self._shown:
+            try:
+                write(counts)
+            except OSError as exc:
+                self.errors.append(f"progress display stopped: {exc}")
+                self._shown = False
 
     def _poll(self) -> Counts | None:
         try:
             counts = self.poll()
-        except SQLAlchemyError as exc:
-            self.errors.append(str(getattr(exc, "orig", exc)).splitlines()[0])
+        except Exception as exc:  # noqa: BLE001 - a deliberate boundary: never fail the run
+            message = str(getattr(exc, "orig", exc)).strip()
+            self.errors.append(message.splitlines()[0] if message else type(exc).__name__)
             return None
         self.polls += 1
         self.last = counts
@@ -226,7 +245,6 @@ def landscape_progress(url: str, run_id: str, *, stream: TextIO, every: float | 
                        tty: bool | None = None) -> Iterator[ProgressReporter]:
     """Report run ``run_id``'s progress from the Landscape at ``url`` to ``stream``."""
     engine = read_only_engine(url)
-
     counter = LandscapeCounter(run_id, incremental=engine.dialect.name == "sqlite")
 
     def poll() -> Counts:

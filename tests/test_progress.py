@@ -152,6 +152,22 @@ def test_reporter_polls_in_the_background_and_ends_with_the_final_counts() -> No
     assert f"rows read {calls['n']} " in stream.writes[-1]  # the final line: one last poll after the run
 
 
+def test_a_closed_stream_or_a_broken_poll_never_breaks_the_run() -> None:
+    class ClosedPipe(FakeStream):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    def broken_poll() -> Counts:
+        raise RuntimeError()
+
+    with ProgressReporter(lambda: COUNTS, ProgressLine(ClosedPipe(), tty=False, every=0.01)) as closed:
+        time.sleep(0.1)
+    assert closed.errors == ["progress display stopped: [Errno 32] Broken pipe"]  # once, then silent
+    with ProgressReporter(broken_poll, ProgressLine(FakeStream(), tty=False, every=0.01)) as broken:
+        time.sleep(0.05)
+    assert broken.errors and set(broken.errors) == {"RuntimeError"} and broken.polls == 0
+
+
 def test_reporter_backs_off_when_polls_are_slow() -> None:
     """A poll taking 30 ms with a 10 ms interval waits 10× its cost: ≤ 10 % of the time polling."""
     stamps: list[float] = []
