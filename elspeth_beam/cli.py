@@ -10,9 +10,13 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from elspeth_beam.core.errors import ElspethError, PipelineFailedError, SettingsError
+
+if TYPE_CHECKING:
+    from elspeth_beam.run import RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_LANDSCAPE = "runs/landscape.db"
@@ -26,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("settings", help="pipeline YAML")
     run.add_argument("--landscape-url", help="SQLAlchemy URL or SQLite path of the audit database")
     run.add_argument("--run-id", help="use this run id (default: generated)")
-    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _output_args(run)
 
     val = sub.add_parser("validate", help="check a pipeline YAML without running it")
     val.add_argument("settings")
@@ -46,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("run_id")
     res.add_argument("--landscape-url", "-l", default=None, help="the run's Landscape (default runs/landscape.db)")
     res.add_argument("--settings", help="the run's settings file (needed when secrets were redacted)")
+    _output_args(res)
 
     lst = sub.add_parser("runs", help="list the runs in a Landscape")
     lst.add_argument("landscape", nargs="?", default=None, help="SQLite path or SQLAlchemy URL (default runs/landscape.db)")
@@ -84,6 +89,51 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--landscape-url", "-l", default=None, help="the Landscape: SQLite path or SQLAlchemy URL (default runs/landscape.db)")
 
 
+def _output_args(parser: argparse.ArgumentParser) -> None:
+    """How ``run`` and ``resume`` report: progress on stderr while running, a summary at the end."""
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true",
+                     help="print the summary as one JSON object on stdout (progress only when stderr is a terminal)")
+    out.add_argument("--quiet", "-q", action="store_true", help="print only errors; the exit code tells the outcome")
+    parser.add_argument("--no-progress", action="store_true", help="no progress display (the summary is still printed)")
+    parser.add_argument("--progress-every", type=_seconds, metavar="SECONDS",
+                        help="seconds between progress updates (default 0.5 on a terminal, 5 otherwise)")
+
+
+def _seconds(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _progress(args: argparse.Namespace) -> Callable[[str, str], Any] | None:
+    """The progress display for ``execute_run`` (on stderr), or None when it is off."""
+    from functools import partial
+
+    from elspeth_beam.progress import landscape_progress
+
+    if args.quiet or args.no_progress or (args.json and not sys.stderr.isatty()):
+        return None
+    return partial(landscape_progress, stream=sys.stderr, every=args.progress_every)
+
+
+def _report_result(result: RunResult, args: argparse.Namespace) -> int:
+    """Print a finished run's summary as ``--json``/``--quiet`` ask; its exit code."""
+    if args.json:
+        print(json.dumps(result.as_json()))
+    elif not args.quiet:
+        print(result.text())
+    elif not result.report.ok:
+        print(f"elspeth-beam: run {result.run_id} failed verification: {'; '.join(result.report.problems)}", file=sys.stderr)
+    return EXIT_OK if result.report.ok else EXIT_FAILED
+
+
 def _run_store(args: argparse.Namespace):
     """The Landscape and run id named by ``_run_args``; ``latest`` resolves to the newest run."""
     store = _store(args.landscape_url or DEFAULT_LANDSCAPE)
@@ -95,13 +145,8 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from elspeth_beam.run import execute_run
 
     loaded = load_settings(args.settings, landscape_url=args.landscape_url)
-    result = execute_run(loaded, beam_args=beam_args, run_id=args.run_id)
-    if args.json:
-        print(json.dumps({"run_id": result.run_id, "status": result.status.value, "landscape": result.landscape_url,
-                          "duration_s": round(result.duration_s, 3), **result.summary, "verify": result.report.problems}))
-    else:
-        print(result.text())
-    return EXIT_OK if result.report.ok else EXIT_FAILED
+    result = execute_run(loaded, beam_args=beam_args, run_id=args.run_id, progress=_progress(args))
+    return _report_result(result, args)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -149,9 +194,8 @@ def _cmd_resume(args: argparse.Namespace, beam_args: list[str]) -> int:
 
     store = _store(args.landscape_url or DEFAULT_LANDSCAPE)
     loaded = load_settings(args.settings, landscape_url=store.url) if args.settings else None
-    result = resume_run(store, args.run_id, loaded, beam_args=beam_args)
-    print(result.text())
-    return EXIT_OK if result.report.ok else EXIT_FAILED
+    result = resume_run(store, args.run_id, loaded, beam_args=beam_args, progress=_progress(args))
+    return _report_result(result, args)
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:

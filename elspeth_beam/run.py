@@ -11,6 +11,7 @@ import datetime as dt
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from elspeth_beam.core.enums import NodeType, RunStatus
 from elspeth_beam.core.errors import ElspethError, PipelineFailedError
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
-from elspeth_beam.landscape.summary import summarize
+from elspeth_beam.landscape.summary import display_url, render_text, summarize
 from elspeth_beam.landscape.verify import VerifyReport, verify_run
 from elspeth_beam.pipeline.builder import BuiltPipeline, apply_graph
 from elspeth_beam.pipeline.restore import PipelineRestore
@@ -48,19 +49,15 @@ class RunResult:
     report: VerifyReport
 
     def text(self) -> str:
-        sinks = ", ".join(f"{k}={v}" for k, v in self.summary["rows_per_sink"].items()) or "none"
-        return "\n".join(
-            [
-                f"run        {self.run_id}  [{self.status.value}]",
-                f"runner     {self.runner}",
-                f"rows read  {self.summary['rows_read']}",
-                f"per sink   {sinks}",
-                f"quarantined {self.summary['quarantined']}   failed {self.summary['failed']}   batches {self.summary['batches']}",
-                f"duration   {self.duration_s:.2f}s",
-                f"landscape  {self.landscape_url}",
-                f"verify     {'OK' if self.report.ok else '; '.join(self.report.problems)}",
-            ]
-        )
+        """The end-of-run summary table ``run`` and ``resume`` print."""
+        return render_text(run_id=self.run_id, status=self.status.value, runner=self.runner, duration_s=self.duration_s,
+                           landscape_url=self.landscape_url, summary=self.summary, problems=self.report.problems)
+
+    def as_json(self) -> dict[str, Any]:
+        """The same facts for scripts (``--json``); the Landscape URL without its password."""
+        return {"run_id": self.run_id, "status": self.status.value, "runner": self.runner,
+                "landscape": display_url(self.landscape_url), "duration_s": round(self.duration_s, 3),
+                **self.summary, "verify": self.report.problems}
 
 
 def new_run_id() -> str:
@@ -127,11 +124,14 @@ def execute_run(
     make_pipeline: Callable[[PipelineOptions], beam.Pipeline] | None = None,
     tap: Callable[[BuiltPipeline], None] | None = None,
     restore: PipelineRestore | None = None,
+    progress: Callable[[str, str], AbstractContextManager[Any]] | None = None,
 ) -> RunResult:
     """Run a loaded pipeline end to end and return its verified result.
 
     ``make_pipeline`` lets tests supply a TestPipeline; ``tap`` lets them observe the audit
-    stream (e.g. to replay its events). ``restore`` comes from ``resume``.
+    stream (e.g. to replay its events). ``restore`` comes from ``resume``. ``progress`` is
+    called with the Landscape URL and run id and entered while the pipeline runs (the CLI's
+    progress display, see ``elspeth_beam.progress``).
     """
     run_id = run_id or new_run_id()
     options, runner_label = pipeline_options(loaded, beam_args)
@@ -152,7 +152,8 @@ def execute_run(
     if tap is not None:
         tap(built)
     try:
-        pipeline.run().wait_until_finish()
+        with progress(store.url, run_id) if progress is not None else nullcontext():
+            pipeline.run().wait_until_finish()
     except Exception as exc:
         store.finish_run(run_id, RunStatus.FAILED.value, {"error": _root_message(exc)})
         raise PipelineFailedError(f"run {run_id} failed: {_root_message(exc)}") from exc

@@ -1,14 +1,25 @@
-"""A run's summary: what a user wants to see when it ends (and `runs` lists)."""
+"""A run's summary: what a user wants to see when it ends (and `runs` lists).
+
+``summarize`` reads the counts and the most common reasons rows were set aside from the
+Landscape; ``render_text`` lays them out as the table ``run`` and ``resume`` print.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+from collections import Counter
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError
 
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
+
+TOP_REASONS = 5  # reasons listed per outcome; the rest are counted, not listed
+_REASON_WIDTH = 110  # characters of a reason shown in the text table
 
 
 def summarize(store: LandscapeStore, run_id: str) -> dict[str, Any]:
@@ -27,14 +38,19 @@ def summarize(store: LandscapeStore, run_id: str) -> dict[str, Any]:
                 .group_by(o.c.sink_name)
             ).all()
         )
-        batches = conn.execute(select(func.count()).select_from(s.batches).where(s.batches.c.run_id == run_id)).scalar_one()
+        by_trigger = _batches_by_trigger(conn, run_id)
+        quarantine_reasons = top_reasons(conn, run_id, "quarantined")
+        failure_reasons = top_reasons(conn, run_id, "failed")
     return {
         "rows_read": rows_read,
         "rows_per_sink": dict(sorted(per_sink.items())),
         "outcomes": dict(sorted(by_outcome.items())),
         "quarantined": by_outcome.get("quarantined", 0),
         "failed": by_outcome.get("failed", 0),
-        "batches": batches,
+        "batches": sum(by_trigger.values()),
+        "batches_by_trigger": by_trigger,
+        "quarantine_reasons": quarantine_reasons,
+        "failure_reasons": failure_reasons,
     }
 
 
@@ -43,6 +59,107 @@ def duration_s(started_at: str | None, completed_at: str | None) -> float | None
     if not started_at or not completed_at:
         return None
     return (dt.datetime.fromisoformat(completed_at) - dt.datetime.fromisoformat(started_at)).total_seconds()
+
+
+def _batches_by_trigger(conn: Connection, run_id: str) -> dict[str, int]:
+    """Batches per trigger type; a batch not flushed yet has none and counts as ``open``."""
+    b = s.batches
+    counts = conn.execute(select(b.c.trigger_type, func.count()).where(b.c.run_id == run_id).group_by(b.c.trigger_type))
+    return dict(sorted((trigger or "open", n) for trigger, n in counts.all()))
+
+
+def top_reasons(conn: Connection, run_id: str, outcome: str, limit: int = TOP_REASONS) -> list[dict[str, Any]]:
+    """The commonest reasons tokens ended with ``outcome``: count, node, error type, message.
+
+    Grouped in SQL by the whole error record (few distinct ones), then by node and message, so
+    the same error raised from different stack lines counts as one reason.
+    """
+    o = s.token_outcomes
+    grouped = conn.execute(
+        select(o.c.error_json, func.count())
+        .where(o.c.run_id == run_id, o.c.outcome == outcome, o.c.is_terminal.is_(True))
+        .group_by(o.c.error_json)
+    ).all()
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for error_json, n in grouped:
+        counts[_reason(error_json)] += n
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    return [{"count": n, "node_id": node, "type": kind, "message": message} for (node, kind, message), n in ranked]
+
+
+def _reason(error_json: str | None) -> tuple[str, str, str]:
+    """(node, error type, message) of a recorded error; tolerant of records without one."""
+    if not error_json:
+        return ("", "", "(no error recorded)")
+    try:
+        error = json.loads(error_json)
+    except ValueError:
+        return ("", "", error_json)
+    if not isinstance(error, dict):
+        return ("", "", str(error))
+    return (str(error.get("node_id") or ""), str(error.get("type") or ""), str(error.get("message") or "(no message)"))
+
+
+def display_url(url: str) -> str:
+    """A Landscape URL safe to print: any password is replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def render_text(
+    *, run_id: str, status: str, runner: str, duration_s: float, landscape_url: str, summary: dict[str, Any],
+    problems: list[str],
+) -> str:
+    """The end-of-run table: one labelled line per fact, sinks and reasons as indented rows."""
+    lines = [
+        _row("run", f"{run_id}  [{status}]"),
+        _row("runner", runner),
+        _row("duration", f"{duration_s:.2f}s"),
+        _row("rows read", str(summary["rows_read"])),
+        *_sink_rows(summary["rows_per_sink"]),
+        *_outcome_rows("quarantined", summary["quarantined"], summary.get("quarantine_reasons", [])),
+        *_outcome_rows("failed", summary["failed"], summary.get("failure_reasons", [])),
+        _row("batches", _batches(summary["batches"], summary.get("batches_by_trigger", {}))),
+        _row("landscape", display_url(landscape_url)),
+        _row("verify", "OK" if not problems else "; ".join(problems)),
+    ]
+    return "\n".join(lines)
+
+
+def _row(label: str, value: str) -> str:
+    return f"{label:<10} {value}"
+
+
+def _sink_rows(per_sink: dict[str, int]) -> list[str]:
+    if not per_sink:
+        return [_row("per sink", "none")]
+    name_width = max(len(name) for name in per_sink)
+    count_width = max(len(str(n)) for n in per_sink.values())
+    return [_row("per sink" if i == 0 else "", f"{name:<{name_width}}  {n:>{count_width}}")
+            for i, (name, n) in enumerate(per_sink.items())]
+
+
+def _outcome_rows(label: str, total: int, reasons: list[dict[str, Any]]) -> list[str]:
+    """``quarantined 8`` then its top reasons, one per line, and how many rows had others."""
+    lines = [_row(label, str(total) + ("  top reasons:" if reasons else ""))]
+    if not reasons:
+        return lines
+    count_width = max(len(str(r["count"])) for r in reasons)
+    node_width = max(len(r["node_id"]) for r in reasons)
+    for r in reasons:
+        message = r["message"] if len(r["message"]) <= _REASON_WIDTH else r["message"][: _REASON_WIDTH - 1] + "…"
+        lines.append(_row("", f"{r['count']:>{count_width}}  {r['node_id']:<{node_width}}  {message}"))
+    others = total - sum(r["count"] for r in reasons)
+    if others > 0:
+        lines.append(_row("", f"{others:>{count_width}}  (other reasons)"))
+    return lines
+
+
+def _batches(total: int, by_trigger: dict[str, int]) -> str:
+    detail = ", ".join(f"{trigger} {n}" for trigger, n in by_trigger.items())
+    return f"{total}  ({detail})" if detail else str(total)
 
 
 def list_runs(store: LandscapeStore) -> list[dict[str, Any]]:
