@@ -62,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     ben.add_argument("--repeat", type=int, default=3)
     ben.add_argument("--json", action="store_true")
 
-    ver = sub.add_parser("verify", help="check a run's audit invariants")
+    ver = sub.add_parser("verify", help="check a run's audit invariants and its tamper-evident digest")
     _run_args(ver)
+    ver.add_argument("--expect-digest", metavar="ROOT", help="the run's digest root as kept elsewhere; fail if it differs")
 
     shw = sub.add_parser("show", help="one run at a glance: header, settings, nodes, outcomes, batches, errors")
     _run_args(shw)
@@ -247,7 +248,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from elspeth_beam.landscape.verify import verify_run
 
     store, run_id = _run_store(args)
-    report = verify_run(store, run_id)
+    report = verify_run(store, run_id, expected_digest=args.expect_digest)
     print(report.text())
     return EXIT_OK if report.ok else EXIT_FAILED
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from elspeth_beam.config.loader import LoadedPipeline, load_settings_dict
+from elspeth_beam.config.secrets import KEY_ENV, Fingerprinter, SecretsRecorded
 from elspeth_beam.core import ids
 from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.core.enums import BatchStatus, NodeStateStatus, RunStatus, TriggerType
@@ -41,18 +42,28 @@ def settings_for(store: LandscapeStore, run_id: str, loaded: LoadedPipeline | No
     run = store.run(run_id)
     if run["status"] == RunStatus.COMPLETED.value:
         raise ResumeRefusedError(f"run {run_id} is already completed; there is nothing to resume")
+    secrets = SecretsRecorded.of(run["settings_json"])
     if loaded is None:
-        if '"***"' in run["settings_json"]:
+        if secrets.redacted or secrets.fingerprinted:
             raise ResumeRefusedError(
-                f"run {run_id} was recorded with redacted secrets; pass its settings file with --settings"
+                f"run {run_id} was recorded with its secrets hidden; pass its settings file with --settings"
             )
         raw = json.loads(run["settings_json"])
         raw["landscape"] = {"url": store.url}
         loaded = load_settings_dict(raw)
-    if loaded.settings_hash != run["settings_hash"]:
+    fp = Fingerprinter.from_env()
+    if secrets.fingerprinted and fp.key is None:
+        raise ResumeRefusedError(
+            f"run {run_id} recorded its secrets as fingerprints; set {KEY_ENV} to the key it ran with, "
+            "so resume can check they are the same"
+        )
+    if secrets.redacted and not secrets.fingerprinted:
+        fp = Fingerprinter(None)  # the run hashed its settings with the secrets as ***
+    if loaded.settings_hash_with(fp) != run["settings_hash"]:
+        hint = f"; secrets compare by fingerprint: is {KEY_ENV} the key the run used?" if secrets.fingerprinted else ""
         raise ResumeRefusedError(
             f"the settings differ from those run {run_id} started with (hash {run['settings_hash'][:12]}… vs "
-            f"{loaded.settings_hash[:12]}…); resume with the original settings, or start a new run"
+            f"{loaded.settings_hash_with(fp)[:12]}…{hint}); resume with the original settings, or start a new run"
         )
     return loaded
 
@@ -181,5 +192,6 @@ def resume_run(
 ) -> RunResult:
     loaded = settings_for(store, run_id, loaded)
     restore, closing = plan_restore(store, run_id)
+    store.reopen_run(run_id)
     store.write_events(closing)
     return execute_run(loaded, beam_args=beam_args, run_id=run_id, restore=restore, **run_kwargs)

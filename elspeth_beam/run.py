@@ -19,6 +19,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from elspeth_beam.config.loader import LoadedPipeline
+from elspeth_beam.config.secrets import Fingerprinter, protect_node, warn_if_unkeyed
 from elspeth_beam.core.canonical import canonical_json, stable_hash
 from elspeth_beam.core.enums import NodeType, RunStatus
 from elspeth_beam.core.errors import ElspethError, PipelineFailedError
@@ -30,12 +31,14 @@ from elspeth_beam.pipeline.builder import BuiltPipeline, apply_graph
 from elspeth_beam.pipeline.restore import PipelineRestore
 from elspeth_beam.pipeline.sink import merge_sink
 from elspeth_beam.plugins import registry
-from elspeth_beam.plugins.base import SinkPlugin, SourcePlugin
+from elspeth_beam.plugins.base import BatchPlugin, SinkPlugin, SourcePlugin, TransformPlugin
 
 # The DirectRunner would first try to download Beam's Prism binary; its own pure-Python
 # fallbacks run offline, so "DirectRunner" resolves to them directly: the FnApiRunner (fast),
 # or the BundleBasedDirectRunner for streaming.
 _DIRECT_ALIASES = {"directrunner", "direct"}
+_PLUGIN_KINDS = {NodeType.SOURCE: SourcePlugin, NodeType.TRANSFORM: TransformPlugin,
+                 NodeType.AGGREGATION: BatchPlugin, NodeType.SINK: SinkPlugin}
 
 
 @dataclass
@@ -81,8 +84,9 @@ def pipeline_options(loaded: LoadedPipeline, beam_args: Sequence[str] = ()) -> t
 
 def _node_rows(loaded: LoadedPipeline) -> list[dict[str, Any]]:
     out = []
+    fp = Fingerprinter.from_env()
     for position, node in enumerate(loaded.graph.nodes):
-        config = node.settings.model_dump(mode="json")
+        config = protect_node(node.settings.model_dump(mode="json"), _PLUGIN_KINDS.get(node.node_type), fp)
         out.append(
             {
                 "node_id": node.node_id,
@@ -138,12 +142,13 @@ def execute_run(
     preflight(loaded)
     pipeline = _make(make_pipeline, options)
     store = LandscapeStore(loaded.settings.landscape.url)
+    warn_if_unkeyed(loaded.settings_json)
     store.begin_run(
         run_id=run_id,
         settings_json=loaded.settings_json,
         settings_hash=loaded.settings_hash,
         runner=runner_label,
-        beam_options={k: v for k, v in options.get_all_options(drop_default=True).items()},
+        beam_options=Fingerprinter.from_env().protect(options.get_all_options(drop_default=True)),
         nodes=_node_rows(loaded),
         edges=loaded.graph.edges(),
     )

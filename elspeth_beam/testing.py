@@ -30,7 +30,8 @@ from elspeth_beam.run import RunResult, execute_run
 
 # Columns that legitimately differ between two runs of the same input.
 VOLATILE_COLUMNS = frozenset(
-    {"started_at", "completed_at", "created_at", "recorded_at", "duration_ms", "beam_options_json", "runner", "summary_json"}
+    {"started_at", "completed_at", "created_at", "recorded_at", "duration_ms", "beam_options_json", "runner", "summary_json",
+     "digest_root", "digest_manifest", "entries"}  # the digest hashes the timestamps too
 )
 
 

@@ -176,7 +176,8 @@ def cli_small_buffers(*args: str, write_every: int, emit_every: int, fault: str 
         "sys.exit(main(sys.argv[1:]))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "ELSPETH_FAULT"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
+    paths = (str(TESTS_DIR.parent), str(TESTS_DIR), env.get("PYTHONPATH", ""))  # this checkout, as cli()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     if fault is not None:
         env["ELSPETH_FAULT"] = fault
     done = subprocess.run([sys.executable, "-c", code, *args], cwd=str(Path(tempfile.gettempdir())), env=env,

@@ -13,9 +13,10 @@ from conftest import QUICKSTART, retarget
 from elspeth_beam import testing
 from elspeth_beam.landscape.store import LandscapeStore
 
-# runs/nodes/edges come from the run lifecycle (begin_run/finish_run), not from audit events;
-# so do the "merged" artifacts, which merge_sinks writes after the pipeline has finished.
-LIFECYCLE_TABLES = {"runs", "nodes", "edges", "landscape_schema"}
+# runs/nodes/edges (and the digest, record_digests) come from the run lifecycle (begin_run/
+# finish_run), not from audit events; so do the "merged" artifacts, which merge_sinks writes
+# after the pipeline has finished.
+LIFECYCLE_TABLES = {"runs", "nodes", "edges", "landscape_schema", "record_digests"}
 
 
 def event_tables(store: LandscapeStore) -> dict[str, list[str]]:

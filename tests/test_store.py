@@ -254,6 +254,7 @@ def test_every_table_is_compared(canonical_snapshot):
     expected = {
         "runs", "nodes", "edges", "rows", "tokens", "token_parents", "node_states", "routing_events",
         "batches", "batch_members", "batch_outputs", "token_outcomes", "artifacts", "landscape_schema",
+        "record_digests",
     }
     assert set(canonical_snapshot) == expected
 

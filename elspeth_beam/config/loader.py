@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from elspeth_beam.config.graph import PipelineGraph, build_graph
+from elspeth_beam.config.secrets import Fingerprinter, protect_settings
 from elspeth_beam.config.settings import PipelineSettings
 from elspeth_beam.core.canonical import canonical_json, stable_hash
 from elspeth_beam.core.errors import ElspethError, SettingsError
@@ -24,7 +25,6 @@ from elspeth_beam.plugins.base import BatchPlugin, SinkPlugin, SourcePlugin, Tra
 from elspeth_beam.plugins.expressions import Expression
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SECRET_KEYS = re.compile(r"(password|secret|token|api_?key|credential)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -34,24 +34,23 @@ class LoadedPipeline:
 
     @property
     def settings_json(self) -> str:
-        """Settings as recorded in the Landscape: canonical, secrets redacted."""
+        """Settings as recorded in the Landscape: canonical, secrets fingerprinted (or redacted)."""
         return canonical_json(redact(self.settings.model_dump(mode="json"))).decode()
 
     @property
     def settings_hash(self) -> str:
+        return self.settings_hash_with(Fingerprinter.from_env())
+
+    def settings_hash_with(self, fp: Fingerprinter) -> str:
         """What resume compares: everything that shapes processing (not where the audit goes).
-        Hashed after redaction, so the recorded hash cannot be used to guess a secret."""
-        return stable_hash(redact(self.settings.model_dump(mode="json", exclude={"landscape"})))
+        Hashed after fingerprinting, so the hash cannot be used to guess a secret, yet a changed
+        secret changes it (when a fingerprint key is set)."""
+        return stable_hash(protect_settings(self.settings.model_dump(mode="json", exclude={"landscape"}), fp))
 
 
 def redact(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: "***" if _SECRET_KEYS.search(k) and isinstance(v, str) else redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    if isinstance(value, str):
-        return re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", value)
-    return value
+    """Settings (as dumped) with every secret replaced by its fingerprint (see config/secrets.py)."""
+    return protect_settings(value, Fingerprinter.from_env())
 
 
 def _path(loc: tuple[Any, ...]) -> str:

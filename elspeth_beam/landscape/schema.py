@@ -27,7 +27,7 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
-SCHEMA_VERSION = 2  # bump on any change to the tables below
+SCHEMA_VERSION = 3  # bump on any change to the tables below
 
 landscape_schema = Table("landscape_schema", metadata, Column("version", Integer, primary_key=True))
 
@@ -46,6 +46,8 @@ runs = Table(
     Column("runner", String(64), nullable=False),
     Column("beam_options_json", Text, nullable=False),
     Column("summary_json", Text),
+    Column("digest_root", String(64)),  # sha256 of digest_manifest: copy it elsewhere (landscape/digest.py)
+    Column("digest_manifest", Text),  # canonical JSON: per table, record count and root
 )
 
 nodes = Table(
@@ -216,3 +218,14 @@ artifacts = Table(
     Column("artifact_kind", String(8), nullable=False),
     Column("created_at", TS, nullable=False),
 )
+
+record_digests = Table(
+    "record_digests",
+    metadata,
+    Column("run_id", ID, primary_key=True),
+    Column("table_name", String(64), primary_key=True),
+    Column("chunk", Integer, primary_key=True),
+    Column("entries", Text, nullable=False),  # canonical JSON [[record_key, record_hash], …], primary-key order
+)
+"""Every audit record's hash, written when its run finishes, so ``verify`` can name the record
+that changed (landscape/digest.py); chunks of records, not a row each, keep it small and fast."""

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, Select, Table, and_, bindparam, create_engine, ev
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
-from elspeth_beam.core.enums import BatchStatus, NodeStateStatus
+from elspeth_beam.core.enums import BatchStatus, NodeStateStatus, RunStatus
 from elspeth_beam.core.errors import LandscapeError, RunNotFoundError
 from elspeth_beam.core.events import (
     AuditEvent,
@@ -34,6 +34,7 @@ from elspeth_beam.landscape import schema as s
 
 DEFAULT_URL = "sqlite:///runs/landscape.db"
 _DEADLOCK_RETRIES = 5
+FINAL_STATUSES = (RunStatus.COMPLETED.value, RunStatus.FAILED.value)  # digested at finish (landscape/digest.py)
 
 
 class WriteStats:
@@ -157,6 +158,9 @@ class LandscapeStore:
                 if found is None:
                     conn.execute(s.landscape_schema.insert().values(version=s.SCHEMA_VERSION))
                     found = s.SCHEMA_VERSION
+        self._refuse_other_version(found)
+
+    def _refuse_other_version(self, found: int | None) -> None:
         if found != s.SCHEMA_VERSION:
             self.dispose()
             raise LandscapeError(
@@ -175,6 +179,9 @@ class LandscapeStore:
             store.dispose()
             reason = str(getattr(exc, "orig", exc)).splitlines()[0]
             raise LandscapeError(f"{url} is not an elspeth_beam Landscape ({reason})") from None
+        with store.engine.connect() as conn:
+            versioned = inspect(conn).has_table(s.landscape_schema.name)
+            store._refuse_other_version(conn.execute(select(s.landscape_schema.c.version)).scalar() if versioned else 1)
         return store
 
     def dispose(self) -> None:
@@ -344,12 +351,29 @@ class LandscapeStore:
             _insert_ignore(conn, s.edges, [{"run_id": run_id, **e} for e in edges])
 
     def finish_run(self, run_id: str, status: str, summary: dict[str, Any]) -> None:
+        """Mark the run finished and, in the same transaction, digest all its records
+        (landscape/digest.py), so verify can tell later edits from what the run wrote."""
+        from elspeth_beam.landscape.digest import write_digest
+
         with self.engine.begin() as conn:
             conn.execute(
                 update(s.runs)
                 .where(s.runs.c.run_id == run_id)
                 .values(status=status, completed_at=utc_now(), summary_json=json.dumps(summary, sort_keys=True))
             )
+            if status in FINAL_STATUSES:
+                write_digest(conn, run_id)
+
+    def reopen_run(self, run_id: str) -> None:
+        """Resume is about to add to a finished run: back to running, its digest dropped
+        (the records will change; the resumed run's finish digests them again)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(s.runs)
+                .where(s.runs.c.run_id == run_id)
+                .values(status=RunStatus.RUNNING.value, completed_at=None, digest_root=None, digest_manifest=None)
+            )
+            conn.execute(s.record_digests.delete().where(s.record_digests.c.run_id == run_id))
 
     def run(self, run_id: str) -> dict[str, Any]:
         with self.engine.connect() as conn:

@@ -1,19 +1,27 @@
-"""verify: check a run's Landscape against the audit invariants (DESIGN §7, 1–3).
+"""verify: check a run's Landscape against the audit invariants (DESIGN §7) and its digest.
 
 1. every token (so every source row, on every path) has exactly one terminal outcome;
 2. every node_state is completed or failed — none open;
 3. every batch is completed or failed, has a trigger type, and its aggregation_state_id
-   names a node_state at its aggregation node.
+   names a node_state at its aggregation node;
+5. (what one database can show of it) every token traces back to a source row of the run
+   through token_parents, an aggregated output's parents are exactly its batch's members,
+   and every reference between records names a record of the same run — event tables have
+   no foreign keys, since events land in any order;
+and the run's records still match the digest written when it finished (landscape/digest.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import Table, and_, exists, func, select
+from sqlalchemy.engine import Connection
 
+from elspeth_beam.config.secrets import SecretsRecorded
 from elspeth_beam.landscape import schema as s
-from elspeth_beam.landscape.store import LandscapeStore
+from elspeth_beam.landscape.digest import DigestCheck, check_digest, describe_key
+from elspeth_beam.landscape.store import LandscapeStore, run_rows
 
 _EXAMPLES = 5
 
@@ -23,6 +31,8 @@ class VerifyReport:
     run_id: str
     problems: list[str] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
+    digest: DigestCheck | None = None
+    secrets: str = ""
 
     @property
     def ok(self) -> bool:
@@ -31,7 +41,18 @@ class VerifyReport:
     def text(self) -> str:
         head = f"run {self.run_id}: " + ("OK" if self.ok else f"{len(self.problems)} problem(s)")
         counts = ", ".join(f"{k} {v}" for k, v in self.checked.items())
-        return "\n".join([head, f"  checked: {counts}", *(f"  - {p}" for p in self.problems)])
+        lines = [head, f"  checked: {counts}"]
+        if self.digest is not None:
+            lines.append(f"  digest:  {self._digest_text(self.digest)}")
+        if self.secrets:
+            lines.append(f"  secrets: {self.secrets}")
+        return "\n".join([*lines, *(f"  - {p}" for p in self.problems)])
+
+    @staticmethod
+    def _digest_text(d: DigestCheck) -> str:
+        if d.root is None:
+            return "none (written when the run finishes)"
+        return f"{d.root} ({d.records} records; keep a copy elsewhere, check it with --expect-digest)"
 
 
 def _examples(ids: list[str]) -> str:
@@ -39,9 +60,9 @@ def _examples(ids: list[str]) -> str:
     return ", ".join(ids[:_EXAMPLES]) + more
 
 
-def verify_run(store: LandscapeStore, run_id: str) -> VerifyReport:
-    store.run(run_id)  # raises RunNotFoundError
-    report = VerifyReport(run_id)
+def verify_run(store: LandscapeStore, run_id: str, *, expected_digest: str | None = None) -> VerifyReport:
+    run = store.run(run_id)  # raises RunNotFoundError
+    report = VerifyReport(run_id, secrets=SecretsRecorded.of(run["settings_json"]).text())
     with store.engine.connect() as conn:
         count = lambda t: conn.execute(select(func.count()).select_from(t).where(t.c.run_id == run_id)).scalar_one()  # noqa: E731
         report.checked = {"rows": count(s.rows), "tokens": count(s.tokens), "node_states": count(s.node_states), "batches": count(s.batches)}
@@ -113,4 +134,97 @@ def verify_run(store: LandscapeStore, run_id: str) -> VerifyReport:
             report.problems.append(
                 f"{len(unlinked)} batch(es) lack a flush node_state at their aggregation node: {_examples(unlinked)}"
             )
+        report.problems += _lineage(conn, run_id) + _references(conn, run_id)
+        digest = check_digest(conn, run, expected_digest)
+    report.digest = digest
+    report.problems += digest.problems + _digest_problems(digest)
     return report
+
+
+def _lineage(conn: Connection, run_id: str) -> list[str]:
+    """Invariant 5: every token reaches a source row; aggregated outputs descend from exactly
+    their batch's members (a passthrough output is the member token itself)."""
+    t, tp, r = s.tokens, s.token_parents, s.rows
+    roots = (
+        select(t.c.token_id)
+        .join(r, and_(r.c.row_id == t.c.row_id, r.c.run_id == run_id, r.c.source_node_id == t.c.created_at_node))
+        .where(t.c.run_id == run_id, ~exists().where(tp.c.token_id == t.c.token_id))
+        .cte("grounded", recursive=True)
+    )
+    grounded = roots.union(select(tp.c.token_id).join(roots, tp.c.parent_token_id == roots.c.token_id))
+    adrift = conn.execute(
+        select(t.c.token_id).where(t.c.run_id == run_id, t.c.token_id.not_in(select(grounded.c.token_id))).order_by(t.c.token_id)
+    ).scalars().all()
+    problems = []
+    if adrift:
+        problems.append(f"{len(adrift)} token(s) do not trace back to a source row of the run: {_examples(adrift)}")
+
+    bo, bm, mine = s.batch_outputs, s.batch_members, s.batch_members.alias("mine")
+    member = lambda token: exists().where(mine.c.batch_id == bo.c.batch_id, mine.c.token_id == token)  # noqa: E731
+    new_output = and_(bo.c.run_id == run_id, ~member(bo.c.token_id))
+    lacking = select(bo.c.batch_id, bo.c.token_id).join(bm, bm.c.batch_id == bo.c.batch_id).where(
+        new_output, ~exists().where(tp.c.token_id == bo.c.token_id, tp.c.parent_token_id == bm.c.token_id)
+    )
+    foreign = select(bo.c.batch_id, bo.c.token_id).join(tp, tp.c.token_id == bo.c.token_id).where(
+        new_output, ~member(tp.c.parent_token_id)
+    )
+    wrong = sorted({f"{b}/{tok}" for b, tok in [*conn.execute(lacking), *conn.execute(foreign)]})
+    if wrong:
+        problems.append(
+            f"{len(wrong)} aggregation output(s) do not have exactly their batch's members as parents "
+            f"(batch/token): {_examples(wrong)}"
+        )
+    return problems
+
+
+# (table, column, table it names, column there): references checked within the run
+_REFERENCES: tuple[tuple[Table, str, Table, str], ...] = (
+    (s.rows, "source_node_id", s.nodes, "node_id"),
+    (s.tokens, "row_id", s.rows, "row_id"),
+    (s.token_parents, "parent_token_id", s.tokens, "token_id"),
+    (s.node_states, "token_id", s.tokens, "token_id"),
+    (s.node_states, "batch_id", s.batches, "batch_id"),
+    (s.node_states, "node_id", s.nodes, "node_id"),
+    (s.routing_events, "state_id", s.node_states, "state_id"),
+    (s.batches, "aggregation_node_id", s.nodes, "node_id"),
+    (s.batches, "retry_of_batch_id", s.batches, "batch_id"),
+    (s.batch_members, "batch_id", s.batches, "batch_id"),
+    (s.batch_members, "token_id", s.tokens, "token_id"),
+    (s.batch_outputs, "batch_id", s.batches, "batch_id"),
+    (s.batch_outputs, "token_id", s.tokens, "token_id"),
+    (s.token_outcomes, "node_id", s.nodes, "node_id"),
+    (s.token_outcomes, "artifact_id", s.artifacts, "artifact_id"),
+    (s.artifacts, "sink_node_id", s.nodes, "node_id"),
+)
+
+
+def _references(conn: Connection, run_id: str) -> list[str]:
+    """Referential integrity the schema cannot enforce: each reference names a record of this run."""
+    problems = []
+    for table, col, target, target_col in _REFERENCES:
+        child = run_rows(table, run_id).order_by(None).subquery()
+        known = exists().where(target.c[target_col] == child.c[col], target.c.run_id == run_id)
+        dangling = conn.execute(
+            select(child.c[col]).where(child.c[col].is_not(None), ~known).distinct().order_by(child.c[col])
+        ).scalars().all()
+        if dangling:
+            problems.append(
+                f"{len(dangling)} {table.name}.{col} value(s) name no {target.name} record of this run: {_examples(dangling)}"
+            )
+    return problems
+
+
+def _digest_problems(d: DigestCheck) -> list[str]:
+    """One line per table and kind of difference, naming the records by key."""
+    problems = []
+    for tc in d.tables:
+        for kind, keys in (("changed", tc.changed), ("missing", tc.missing), ("added", tc.added)):
+            if keys:
+                named = _examples([describe_key(tc.table, k) for k in keys])
+                problems.append(f"{tc.table}: {len(keys)} record(s) {kind} since the run's digest: {named}")
+        if tc.digests_altered:
+            problems.append(
+                f"{tc.table}: its record_digests rows no longer hash to the root in runs.digest_manifest "
+                "(the per-record digests were edited)"
+            )
+    return problems

@@ -1,0 +1,242 @@
+"""Tamper evidence: a digest of every audit record of a finished run.
+
+At run end (``LandscapeStore.finish_run``) each record of the run — in every table, in
+primary-key order (``run_rows``) — is hashed: ``record_hash = stable_hash(row)``, the row as a
+column → value mapping. Per table, the list ``[[record_key, record_hash], …]`` is stored in
+chunks in ``record_digests`` and its ``root = stable_hash(list)``; the manifest
+``{"format": 1, "tables": {table: {"count": n, "root": …}}}`` goes to ``runs.digest_manifest``
+and ``runs.digest_root = stable_hash(manifest)``.
+
+``verify`` recomputes every record's hash and compares it with its stored entry, so an edited
+record is named by table and key (changed / missing / added). Entries edited to match no longer
+hash to their table's root; an edited manifest no longer hashes to the root. Only a copy of the
+root kept outside the database catches someone who rewrites all three consistently.
+
+The runs row is hashed as ``finish_run`` leaves it — final status, completed_at and summary
+included — without its two digest columns. Resume re-opens a run (``reopen_run``): status back
+to running, digest dropped; the resumed run's own finish digests it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from itertools import islice
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Table, delete, insert, select
+from sqlalchemy.engine import Connection
+
+from elspeth_beam.core.canonical import canonical_json, stable_hash
+from elspeth_beam.core.enums import RunStatus
+from elspeth_beam.landscape import schema as s
+from elspeth_beam.landscape.store import RUN_TABLES, run_rows
+
+FORMAT = 1
+DIGEST_COLUMNS = ("digest_root", "digest_manifest")
+"""The runs columns left out of the runs record's hash (they hold the digest itself)."""
+
+DIGESTED_TABLES: tuple[Table, ...] = tuple(t for t in RUN_TABLES if t is not s.record_digests)
+CHUNK = 1000  # entries per record_digests row
+_FETCH = 5000  # rows per fetch while streaming a table
+
+# canonical_json of a mapping of str/int/bool/None values is exactly this encoder's output; one
+# instance, because json.dumps builds a new encoder per call, which dominated the digest's time
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+
+
+def key_columns(table: Table) -> list[str]:
+    """The columns that name a record within its run (the primary key, less run_id)."""
+    cols = [c.name for c in table.primary_key.columns]
+    return [c for c in cols if c != "run_id"] or cols
+
+
+def describe_key(table_name: str, key: str) -> str:
+    """``state_id=abc`` / ``token_id=a parent_token_id=b``: a record's key for people."""
+    table = s.metadata.tables.get(table_name)
+    cols = key_columns(table) if table is not None else ["key"]
+    values = json.loads(key) if len(cols) > 1 else [key]
+    return " ".join(f"{c}={v}" for c, v in zip(cols, values))
+
+
+def record_hash(row: dict[str, Any]) -> str:
+    """``stable_hash(row)``, faster for the usual row: plain values and ordinary floats."""
+    floats = [k for k, v in row.items() if type(v) is float]
+    if floats:
+        row = dict(row)
+        for k in floats:
+            value = row[k]
+            if value.is_integer() and abs(value) < 1e21:
+                row[k] = int(value)  # canonical JSON writes 1.0 as 1
+            elif not 1e-4 <= abs(value) < 1e16:
+                return stable_hash(row)  # an exponent, NaN or ±Infinity: the full canonical rules
+    return hashlib.sha256(_json(row).encode("utf-8")).hexdigest()
+
+
+def live_records(conn: Connection, table: Table, run_id: str) -> Iterator[tuple[str, str]]:
+    """(record_key, record_hash) of the run's records, streamed in primary-key order."""
+    result = conn.execute(run_rows(table, run_id).execution_options(yield_per=_FETCH))
+    try:
+        names = list(result.keys())
+        at = [names.index(c) for c in key_columns(table)]
+        hashed = [i for i, n in enumerate(names) if not (table is s.runs and n in DIGEST_COLUMNS)]
+        for values in result:
+            key = str(values[at[0]]) if len(at) == 1 else _json([values[i] for i in at])
+            yield key, record_hash({names[i]: values[i] for i in hashed})
+    finally:
+        result.close()
+
+
+def stored_chunks(conn: Connection, table_name: str, run_id: str) -> Iterator[str]:
+    """The table's ``record_digests`` entries, chunk by chunk, as stored (JSON text)."""
+    d = s.record_digests
+    stmt = select(d.c.entries).where(d.c.run_id == run_id, d.c.table_name == table_name).order_by(d.c.chunk)
+    result = conn.execute(stmt.execution_options(yield_per=10))
+    try:
+        yield from result.scalars()
+    finally:
+        result.close()
+
+
+def parse_chunk(text: str) -> list[tuple[str, str]]:
+    """A chunk's entries; an edited chunk that no longer parses has none (its table's root
+    will not match, and its records show as added)."""
+    try:
+        entries = json.loads(text)
+    except ValueError:
+        return []
+    if not isinstance(entries, list):
+        return []
+    return [(str(e[0]), str(e[1])) if isinstance(e, list) and len(e) == 2 else (str(e), "") for e in entries]
+
+
+class _Root:
+    """stable_hash of a table's entry list, fed as the chunks of its canonical JSON stream by."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256(b"[")
+        self.count = 0
+        self._first = True
+
+    def add_chunk(self, text: str, count: int) -> None:
+        """``text`` is the canonical JSON list of ``count`` entries: its items join the stream."""
+        inner = text[1:-1]
+        if inner:
+            self._h.update((b"" if self._first else b",") + inner.encode("utf-8"))
+            self._first = False
+        self.count += count
+
+    def entry(self) -> dict[str, Any]:
+        h = self._h.copy()
+        h.update(b"]")
+        return {"count": self.count, "root": h.hexdigest()}
+
+
+def write_digest(conn: Connection, run_id: str) -> str:
+    """Digest the run's records inside the caller's transaction; return the root."""
+    conn.execute(delete(s.record_digests).where(s.record_digests.c.run_id == run_id))
+    manifest = {"format": FORMAT, "tables": {t.name: _write_table(conn, t, run_id) for t in DIGESTED_TABLES}}
+    digest_root = stable_hash(manifest)
+    conn.execute(
+        s.runs.update()
+        .where(s.runs.c.run_id == run_id)
+        .values(digest_root=digest_root, digest_manifest=canonical_json(manifest).decode())
+    )
+    return digest_root
+
+
+def _write_table(conn: Connection, table: Table, run_id: str) -> dict[str, Any]:
+    """Store one table's entries chunk by chunk as they stream by; its manifest entry."""
+    root, entries, pending, chunk = _Root(), [], [], 0
+    records = live_records(conn, table, run_id)
+    while True:
+        entries = list(islice(records, CHUNK))
+        if entries:
+            text = _json(entries)
+            root.add_chunk(text, len(entries))
+            pending.append({"run_id": run_id, "table_name": table.name, "chunk": chunk, "entries": text})
+            chunk += 1
+        if pending and (len(pending) == 20 or not entries):
+            conn.execute(insert(s.record_digests), pending)
+            pending = []
+        if not entries:
+            return root.entry()
+
+
+@dataclass
+class TableCheck:
+    """What differs between one table's records and their digest."""
+
+    table: str
+    changed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    digests_altered: bool = False
+
+
+@dataclass
+class DigestCheck:
+    root: str | None
+    records: int = 0
+    tables: list[TableCheck] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def check_digest(conn: Connection, run: dict[str, Any], expected_root: str | None = None) -> DigestCheck:
+    """Recompute the run's digest and say which records differ from it."""
+    run_id, root, manifest_text = run["run_id"], run["digest_root"], run["digest_manifest"]
+    check = DigestCheck(root)
+    if expected_root is not None and expected_root.strip().lower() != (root or ""):
+        check.problems.append(f"runs.digest_root is {root or '(none)'}, not the expected {expected_root}")
+    if root is None or manifest_text is None:
+        if run["status"] != RunStatus.RUNNING.value:
+            check.problems.append(f"the run is {run['status']} but has no digest (runs.digest_root is empty)")
+        return check
+    try:
+        manifest = json.loads(manifest_text)
+        tables = manifest["tables"]
+        check.records = sum(int(e["count"]) for e in tables.values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        check.problems.append("runs.digest_manifest is not a digest manifest")
+        return check
+    if stable_hash(manifest) != root:
+        check.problems.append("runs.digest_manifest does not hash to runs.digest_root: the manifest was edited")
+    for name in sorted(set(tables) - {t.name for t in DIGESTED_TABLES}):
+        check.problems.append(f"the digest names a table this Landscape does not have: {name}")
+    for table in DIGESTED_TABLES:
+        tc = _check_table(conn, table, run_id, tables.get(table.name))
+        if tc.changed or tc.missing or tc.added or tc.digests_altered:
+            check.tables.append(tc)
+    return check
+
+
+def _check_table(conn: Connection, table: Table, run_id: str, expected: dict[str, Any] | None) -> TableCheck:
+    """One streaming pass compares records with their stored entries pairwise and recomputes
+    the table's root; only when records and entries disagree are the entries loaded by key to
+    tell changed from missing from added."""
+    tc = TableCheck(table.name)
+    root, aligned = _Root(), True
+    live = live_records(conn, table, run_id)
+    try:
+        for text in stored_chunks(conn, table.name, run_id):
+            entries = parse_chunk(text)
+            root.add_chunk(text, len(entries))
+            if aligned:
+                aligned = bool(entries) and all(next(live, None) == entry for entry in entries)
+        aligned = aligned and next(live, None) is None
+    finally:
+        live.close()
+    tc.digests_altered = expected is None or root.entry() != {"count": expected.get("count"), "root": expected.get("root")}
+    if aligned:
+        return tc
+    stored = {key: hash_ for text in stored_chunks(conn, table.name, run_id) for key, hash_ in parse_chunk(text)}
+    for key, hash_ in live_records(conn, table, run_id):
+        recorded = stored.pop(key, None)
+        if recorded is None:
+            tc.added.append(key)
+        elif recorded != hash_:
+            tc.changed.append(key)
+    tc.missing = sorted(stored)
+    return tc

@@ -1,0 +1,353 @@
+"""Tamper evidence: the digest written at run end names any record changed, missing or added
+afterwards; edited digests are caught by the root; verify checks invariant 5 and references."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Boolean, Float, Integer, select, update
+
+from elspeth_beam import testing
+from elspeth_beam.core.canonical import canonical_json, stable_hash
+from elspeth_beam.core.errors import LandscapeError
+from elspeth_beam.core.events import NodeStateRecorded, RowRecorded, TokenCreated
+from elspeth_beam.core.enums import NodeStateStatus
+from elspeth_beam.landscape import schema as s
+from elspeth_beam.landscape.digest import DIGESTED_TABLES, check_digest, key_columns, record_hash
+from elspeth_beam.landscape.store import LandscapeStore
+from elspeth_beam.landscape.verify import verify_run
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _settings(tmp: Path) -> dict[str, Any]:
+    """source → gate (every 4th row to ``big``) → per-key count-3 aggregation → ``totals``:
+    every table of the Landscape gets records, token_parents and batches included."""
+    data = tmp / "in.jsonl"
+    data.write_text("".join(json.dumps({"k": "ab"[i % 2], "v": i + 0.5}) + "\n" for i in range(16)))
+    return {
+        "source": {"plugin": "jsonl", "on_success": "raw", "options": {"path": str(data)}},
+        "gates": [{"name": "split", "input": "raw", "condition": "row['v'] % 4 < 1", "on_error": "quarantine",
+                   "routes": {"true": "big", "false": "tobatch"}}],
+        "aggregations": [{"name": "rollup", "plugin": "batch_stats", "input": "tobatch", "on_success": "totals",
+                          "on_error": "quarantine", "group_by": ["k"], "trigger": {"count": 3},
+                          "output_mode": "single", "options": {"fields": ["v"]}}],
+        "sinks": {"big": {"plugin": "jsonl", "options": {"path": str(tmp / "out" / "big.jsonl")}},
+                  "totals": {"plugin": "jsonl", "options": {"path": str(tmp / "out" / "totals.jsonl")}}},
+    }
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, str]:
+    """One finished run; tests tamper with copies of its database."""
+    tmp = tmp_path_factory.mktemp("digest")
+    run = testing.run_for_test(_settings(tmp), tmp)
+    testing.assert_audit_complete(run)
+    run.store.dispose()
+    return tmp / "landscape.db", run.run_id
+
+
+def _copy(db: Path, to: Path) -> Path:
+    """A consistent copy (the backup API, so nothing is left in a WAL file)."""
+    src, dst = sqlite3.connect(db), sqlite3.connect(to)
+    src.backup(dst)
+    src.close()
+    dst.close()
+    return to
+
+
+def _sql(db: Path, statement: str, *params: Any) -> list[tuple]:
+    con = sqlite3.connect(db)
+    try:
+        with con:
+            return con.execute(statement, params).fetchall()
+    finally:
+        con.close()
+
+
+def _verify(db: Path, run_id: str, **kw: Any):
+    store = LandscapeStore.open_existing(str(db))
+    try:
+        return verify_run(store, run_id, **kw)
+    finally:
+        store.dispose()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "elspeth_beam.cli", *args], cwd=REPO, capture_output=True, text=True)
+
+
+# ---- an untouched run ---------------------------------------------------------------------------
+
+
+def test_untouched_run_verifies_ok_twice_with_the_same_answer(finished, tmp_path):
+    db, run_id = finished
+    db = _copy(db, tmp_path / "l.db")
+    first, second = _verify(db, run_id), _verify(db, run_id)
+    assert first.ok, first.text()
+    assert first.text() == second.text()
+    root, manifest = _sql(db, "SELECT digest_root, digest_manifest FROM runs")[0]
+    assert first.digest is not None and first.digest.root == root
+    tables = json.loads(manifest)["tables"]
+    assert set(tables) == {t.name for t in DIGESTED_TABLES}
+    for name in ("rows", "tokens", "token_parents", "node_states", "routing_events", "batches", "batch_members",
+                 "batch_outputs", "token_outcomes", "artifacts", "nodes", "edges", "runs"):
+        assert tables[name]["count"] == _sql(db, f"SELECT COUNT(*) FROM {name}")[0][0] > 0, name
+    assert stable_hash(json.loads(manifest)) == root
+    cli = _cli("verify", run_id, "-l", str(db))
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.startswith(f"run {run_id}: OK\n")
+    assert f"  digest:  {root} (" in cli.stdout
+    assert _cli("verify", run_id, "-l", str(db), "--expect-digest", root).returncode == 0
+
+
+def test_digest_is_reproducible_from_the_documented_recipe(finished):
+    """Anyone can recompute the root with sha256 and canonical JSON, from the data alone."""
+    db, run_id = finished
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    tables = {}
+    for table in DIGESTED_TABLES:
+        keys = [c.name for c in table.primary_key.columns]
+        where = ("WHERE token_id IN (SELECT token_id FROM tokens WHERE run_id = ?)" if table is s.token_parents
+                 else "WHERE run_id = ?")
+        entries = []
+        for r in con.execute(f"SELECT * FROM {table.name} {where} ORDER BY {', '.join(keys)}", (run_id,)):
+            row = {k: r[k] for k in r.keys() if k not in ("digest_root", "digest_manifest")}
+            for c in table.columns:
+                if isinstance(c.type, Boolean) and row[c.name] is not None:
+                    row[c.name] = bool(row[c.name])
+            cols = key_columns(table)
+            key = row[cols[0]] if len(cols) == 1 else canonical_json([row[c] for c in cols]).decode()
+            entries.append([key, stable_hash(row)])
+        tables[table.name] = {"count": len(entries), "root": stable_hash(entries)}
+    stored = con.execute("SELECT digest_root FROM runs WHERE run_id = ?", (run_id,)).fetchone()[0]
+    con.close()
+    assert stable_hash({"format": 1, "tables": tables}) == stored
+
+
+# ---- tampering ----------------------------------------------------------------------------------
+
+
+def test_edited_node_state_is_named_by_table_and_state_id(finished, tmp_path):
+    db, run_id = finished
+    db = _copy(db, tmp_path / "l.db")
+    state_id = _sql(db, "SELECT state_id FROM node_states WHERE status = 'completed' ORDER BY state_id LIMIT 1")[0][0]
+    _sql(db, "UPDATE node_states SET output_hash = ? WHERE state_id = ?", "0" * 64, state_id)
+
+    report = _verify(db, run_id)
+    assert not report.ok
+    assert report.problems == [f"node_states: 1 record(s) changed since the run's digest: state_id={state_id}"]
+    cli = _cli("verify", run_id, "-l", str(db))
+    assert cli.returncode == 1
+    assert f"  - node_states: 1 record(s) changed since the run's digest: state_id={state_id}" in cli.stdout
+    assert _verify(db, run_id).problems == report.problems  # verify changes nothing
+
+
+def test_deleted_record_is_missing_and_inserted_record_is_added(finished, tmp_path):
+    db, run_id = finished
+    db = _copy(db, tmp_path / "l.db")
+    routing_id = _sql(db, "SELECT routing_id FROM routing_events ORDER BY routing_id DESC LIMIT 1")[0][0]
+    _sql(db, "DELETE FROM routing_events WHERE routing_id = ?", routing_id)
+    _sql(db, "INSERT INTO edges (run_id, from_node, to_node, label) VALUES (?, 'gate:split', 'sink:big', 'extra')", run_id)
+
+    problems = _verify(db, run_id).problems
+    assert f"routing_events: 1 record(s) missing since the run's digest: routing_id={routing_id}" in problems
+    assert "edges: 1 record(s) added since the run's digest: from_node=gate:split to_node=sink:big label=extra" in problems
+    assert len(problems) == 2
+
+
+def test_flipped_run_status_is_caught(finished, tmp_path):
+    """The runs row is hashed with its final status: failed ↔ completed cannot be flipped."""
+    db, run_id = finished
+    db = _copy(db, tmp_path / "l.db")
+    _sql(db, "UPDATE runs SET status = 'failed'")
+    assert _verify(db, run_id).problems == [f"runs: 1 record(s) changed since the run's digest: run_id={run_id}"]
+
+
+def test_record_and_its_digest_edited_together_are_caught_by_the_root(finished, tmp_path):
+    db, run_id = finished
+    db = _copy(db, tmp_path / "l.db")
+    state_id = _sql(db, "SELECT state_id FROM node_states ORDER BY state_id LIMIT 1")[0][0]
+    _sql(db, "UPDATE node_states SET output_hash = ? WHERE state_id = ?", "0" * 64, state_id)
+    # the attacker recomputes the record's hash and rewrites its entry in record_digests
+    store = LandscapeStore.open_existing(str(db))
+    with store.engine.connect() as conn:
+        row = dict(conn.execute(s.node_states.select().where(s.node_states.c.state_id == state_id)).mappings().one())
+    store.dispose()
+    chunk, text = next((c, t) for c, t in _sql(
+        db, "SELECT chunk, entries FROM record_digests WHERE table_name = 'node_states' ORDER BY chunk") if state_id in t)
+    entries = [[k, record_hash(row) if k == state_id else h] for k, h in json.loads(text)]
+    _sql(db, "UPDATE record_digests SET entries = ? WHERE table_name = 'node_states' AND chunk = ?",
+         canonical_json(entries).decode(), chunk)
+
+    problems = _verify(db, run_id).problems
+    assert problems == ["node_states: its record_digests rows no longer hash to the root in runs.digest_manifest "
+                        "(the per-record digests were edited)"]
+
+    # … and rewrites the table's root in the manifest too: the manifest no longer hashes to the root
+    manifest = json.loads(_sql(db, "SELECT digest_manifest FROM runs")[0][0])
+    original_root = _sql(db, "SELECT digest_root FROM runs")[0][0]
+    all_entries = [e for (text_,) in _sql(db, "SELECT entries FROM record_digests WHERE table_name = 'node_states' "
+                                              "ORDER BY chunk") for e in json.loads(text_)]
+    manifest["tables"]["node_states"] = {"count": len(all_entries), "root": stable_hash(all_entries)}
+    _sql(db, "UPDATE runs SET digest_manifest = ?", canonical_json(manifest).decode())
+    assert _verify(db, run_id).problems == [
+        "runs.digest_manifest does not hash to runs.digest_root: the manifest was edited"]
+
+    # … and the root itself: only the copy kept elsewhere tells
+    _sql(db, "UPDATE runs SET digest_root = ?", stable_hash(manifest))
+    assert _verify(db, run_id).ok
+    caught = _verify(db, run_id, expected_digest=original_root)
+    assert caught.problems == [f"runs.digest_root is {stable_hash(manifest)}, not the expected {original_root}"]
+    assert _cli("verify", run_id, "-l", str(db), "--expect-digest", original_root).returncode == 1
+
+
+def test_a_finished_run_without_digest_is_a_problem(finished, tmp_path):
+    db, run_id = finished
+    db = _copy(db, tmp_path / "l.db")
+    _sql(db, "UPDATE runs SET digest_root = NULL, digest_manifest = NULL")
+    assert _verify(db, run_id).problems == ["the run is completed but has no digest (runs.digest_root is empty)"]
+
+
+_MUTABLE = [(t, c) for t in DIGESTED_TABLES for c in t.columns
+            if not (t is s.runs and c.name in ("run_id", "digest_root", "digest_manifest"))]
+
+
+def _changed(value: Any, column) -> Any:
+    if isinstance(column.type, Boolean):
+        return int(not value)
+    if value is None:
+        return 7.5 if isinstance(column.type, Float) else 7 if isinstance(column.type, Integer) else "x"
+    if isinstance(value, (int, float)):
+        return value + 1.5 if isinstance(value, float) else value + 1
+    return value + "x"
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_single_field_change_in_any_table_is_named(finished, tmp_path_factory, data):
+    db, run_id = finished
+    table, column = data.draw(st.sampled_from(_MUTABLE), label="column")
+    count = _sql(db, f"SELECT COUNT(*) FROM {table.name}")[0][0]
+    offset = data.draw(st.integers(0, count - 1), label="record")
+    copy = _copy(db, tmp_path_factory.mktemp("prop") / "l.db")
+    con = sqlite3.connect(copy)
+    con.row_factory = sqlite3.Row
+    before = dict(con.execute(f"SELECT rowid AS rid, * FROM {table.name} ORDER BY rowid LIMIT 1 OFFSET ?", (offset,)).fetchone())
+    try:
+        with con:
+            con.execute(f"UPDATE {table.name} SET {column.name} = ? WHERE rowid = ?",
+                        (_changed(before[column.name], column), before["rid"]))
+    except sqlite3.IntegrityError:
+        assume(False)  # e.g. a second terminal outcome for a token: the schema refuses it already
+    finally:
+        con.close()
+    cols = key_columns(table)
+    key = str(before[cols[0]]) if len(cols) == 1 else canonical_json([before[c] for c in cols]).decode()
+
+    store = LandscapeStore.open_existing(str(copy))
+    with store.engine.connect() as conn:
+        check = check_digest(conn, store.run(run_id))
+    store.dispose()
+    found = {tc.table: tc for tc in check.tables}
+    assert table.name in found, (table.name, column.name)
+    tc = found[table.name]
+    if column.name in cols or column.name == "run_id" or (table is s.token_parents and column.name == "token_id"):
+        assert key in tc.missing  # the record left its key (or its run)
+    else:
+        assert tc.changed == [key] and not tc.missing and not tc.added
+    assert not tc.digests_altered
+
+
+def test_digest_and_tampering_on_every_backend(landscape_url, tmp_path):
+    """The same digest code on SQLite and PostgreSQL (the `postgres` suite runs the second)."""
+    run = testing.run_for_test(_settings(tmp_path), tmp_path, landscape=landscape_url)
+    report = testing.assert_audit_complete(run)
+    assert report.digest is not None and report.digest.records > 50
+    with run.store.engine.begin() as conn:
+        state_id = conn.execute(select(s.node_states.c.state_id).order_by(s.node_states.c.state_id).limit(1)).scalar_one()
+        conn.execute(update(s.node_states).where(s.node_states.c.state_id == state_id).values(attempt=9))
+    assert verify_run(run.store, run.run_id).problems == [
+        f"node_states: 1 record(s) changed since the run's digest: state_id={state_id}"]
+    run.store.dispose()
+
+
+# ---- life cycle ---------------------------------------------------------------------------------
+
+
+def _events(run: str) -> list:
+    return [
+        RowRecorded(run_id=run, row_id="r0", source_node_id="source:source", row_index=0, source_data_hash="h" * 64),
+        TokenCreated(run_id=run, token_id="t0", row_id="r0", created_at_node="source:source"),
+        NodeStateRecorded(run_id=run, state_id="s0", node_id="source:source", token_id="t0",
+                          status=NodeStateStatus.COMPLETED, output_hash="o" * 64, duration_ms=1.25,
+                          started_at="2026-01-01T00:00:00.000000Z", completed_at="2026-01-01T00:00:01.000000Z"),
+    ]
+
+
+def test_failed_run_is_digested_resume_reopens_and_its_finish_digests_again(tmp_path):
+    store = LandscapeStore(f"sqlite:///{tmp_path / 'l.db'}")
+    store.begin_run(run_id="r", settings_json="{}", settings_hash="x", runner="test", beam_options={},
+                    nodes=[{"node_id": "source:source", "name": "source", "plugin_name": "csv", "node_type": "source",
+                            "config_json": "{}", "config_hash": "c", "position": 0}], edges=[])
+    store.write_events(_events("r")[:2])
+    assert verify_run(store, "r").digest.root is None  # running: no digest yet, and not a problem of its own
+    store.finish_run("r", "failed", {"error": "boom"})
+    failed_root = store.run("r")["digest_root"]
+    assert failed_root is not None
+
+    store.reopen_run("r")
+    assert store.run("r")["status"] == "running" and store.run("r")["digest_root"] is None
+    assert store.table_rows(s.record_digests, "r") == []
+    store.write_events(_events("r")[2:])  # what the resumed run adds is not "added": no digest to add to
+    assert "digest:  none" in verify_run(store, "r").text()
+    store.finish_run("r", "completed", {})
+    report = verify_run(store, "r")
+    assert report.digest.root not in (None, failed_root)
+    assert [p for p in report.problems if "digest" in p] == []
+
+    store.write_events([TokenCreated(run_id="r", token_id="t1", row_id="r0", created_at_node="source:source")])
+    assert "tokens: 1 record(s) added since the run's digest: token_id=t1" in verify_run(store, "r").problems
+    store.dispose()
+
+
+def test_old_schema_is_refused_with_a_clear_message(finished, tmp_path):
+    db, run_id = finished
+    db = _copy(db, tmp_path / "l.db")
+    _sql(db, "UPDATE landscape_schema SET version = 2")
+    with pytest.raises(LandscapeError, match="has schema version 2, this elspeth_beam writes version 3"):
+        LandscapeStore(str(db))
+    cli = _cli("verify", run_id, "-l", str(db))
+    assert cli.returncode == 2
+    assert "has schema version 2" in cli.stderr and "Traceback" not in cli.stderr
+
+
+# ---- invariant 5 and referential integrity ------------------------------------------------------
+
+
+def test_dangling_reference_and_token_adrift_are_problems(finished, tmp_path):
+    db, run_id = finished
+    db = _copy(db, tmp_path / "l.db")
+    state_id = _sql(db, "SELECT state_id FROM routing_events ORDER BY routing_id LIMIT 1")[0][0]
+    _sql(db, "UPDATE routing_events SET state_id = 'nowhere' WHERE state_id = ?", state_id)
+    token_id, parent = _sql(db, "SELECT token_id, parent_token_id FROM token_parents ORDER BY token_id LIMIT 1")[0]
+    _sql(db, "UPDATE token_parents SET parent_token_id = 'ghost' WHERE token_id = ? AND parent_token_id = ?", token_id, parent)
+
+    problems = _verify(db, run_id).problems
+    assert "1 routing_events.state_id value(s) name no node_states record of this run: nowhere" in problems
+    assert "1 token_parents.parent_token_id value(s) name no tokens record of this run: ghost" in problems
+    assert any(p.startswith("1 aggregation output(s) do not have exactly their batch's members as parents") and token_id in p
+               for p in problems)
+    # the output token still descends from the other members, so it still reaches a source row
+    assert not any("do not trace back" in p for p in problems)
+    _sql(db, "DELETE FROM token_parents WHERE token_id = ? AND parent_token_id <> 'ghost'", token_id)
+    assert f"1 token(s) do not trace back to a source row of the run: {token_id}" in _verify(db, run_id).problems
