@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -285,26 +286,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger().addFilter(_quiet_beam_import_noise)
+    commands: dict[str, Callable[[], int]] = {
+        "run": lambda: _cmd_run(args, beam_args),
+        "resume": lambda: _cmd_resume(args, beam_args),
+        "validate": lambda: _cmd_validate(args),
+        "explain": lambda: _cmd_explain(args),
+        "verify": lambda: _cmd_verify(args),
+        "runs": lambda: _cmd_runs(args),
+        "show": lambda: _cmd_show(args),
+        "export": lambda: _cmd_export(args),
+        "report": lambda: _cmd_report(args),
+        "bench": lambda: _cmd_bench(args),
+    }
     try:
-        if args.command == "run":
-            return _cmd_run(args, beam_args)
-        if args.command == "validate":
-            return _cmd_validate(args)
-        if args.command == "explain":
-            return _cmd_explain(args)
-        if args.command == "resume":
-            return _cmd_resume(args, beam_args)
-        if args.command == "runs":
-            return _cmd_runs(args)
-        if args.command == "bench":
-            return _cmd_bench(args)
-        if args.command == "show":
-            return _cmd_show(args)
-        if args.command == "export":
-            return _cmd_export(args)
-        if args.command == "report":
-            return _cmd_report(args)
-        return _cmd_verify(args)
+        return commands[args.command]()
+    except BrokenPipeError:  # `elspeth-beam runs | head`: the reader left; that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except SettingsError as exc:
         print(f"elspeth-beam: {exc}", file=sys.stderr)
         return EXIT_USAGE

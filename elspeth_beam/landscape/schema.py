@@ -130,6 +130,8 @@ node_states = Table(
         "status <> 'failed' OR (error_json IS NOT NULL AND duration_ms IS NOT NULL)",
         name="ck_node_states_failed",
     ),
+    # the writer asks "which states are still open?" on every write; usually none are
+    Index("ix_node_states_open", "run_id", sqlite_where=text("status = 'open'"), postgresql_where=text("status = 'open'")),
 )
 
 routing_events = Table(
