@@ -20,38 +20,24 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import Connection, func, select
-from sqlalchemy.engine import make_url
 
 from elspeth_beam.core.enums import NodeType
 from elspeth_beam.core.errors import ElspethError
 from elspeth_beam.core.events import utc_now
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
+from elspeth_beam.landscape.summary import RunHeader, run_header
 
 ERROR_LABEL = "on_error"  # the edge label of a node's error route (config/graph.py)
 
 
 class ReportError(ElspethError):
     """The report could not be written."""
-
-
-class RunHeader(BaseModel):
-    run_id: str
-    status: str
-    runner: str
-    started_at: str
-    completed_at: str | None
-    duration_s: float | None
-    settings_hash: str
-    landscape_url: str  # password hidden
-    beam_options: dict[str, Any]
-    rows_read: int
 
 
 class NodeReport(BaseModel):
@@ -159,7 +145,7 @@ def build_report(store: LandscapeStore, run_id: str, *, top_reasons: int = 20) -
         )
         batches = _batches(conn, run_id, [n for n in node_rows if n["node_type"] == NodeType.AGGREGATION])
     return RunReport(
-        header=_header(run, store.url, sum(rows_read.values())),
+        header=run_header(store, run, sum(rows_read.values())),
         nodes=nodes,
         edges=edges,
         batches=batches,
@@ -185,11 +171,6 @@ def write_report(report: RunReport, out: str | Path) -> Path:
     return path
 
 
-def public_url(url: str) -> str:
-    """The Landscape URL as it may be shown: any password replaced by ***."""
-    return make_url(url).render_as_string(hide_password=True)
-
-
 # ---- queries ------------------------------------------------------------------------------
 
 
@@ -201,24 +182,6 @@ def _grouped(conn: Connection, stmt: Any) -> dict[Any, int]:
         *key, count = row
         out[key[0] if len(key) == 1 else tuple(key)] = int(count)
     return out
-
-
-def _header(run: dict[str, Any], url: str, rows_read: int) -> RunHeader:
-    duration = None
-    if run["completed_at"]:
-        duration = (datetime.fromisoformat(run["completed_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
-    return RunHeader(
-        run_id=run["run_id"],
-        status=run["status"],
-        runner=run["runner"],
-        started_at=run["started_at"],
-        completed_at=run["completed_at"],
-        duration_s=duration,
-        settings_hash=run["settings_hash"],
-        landscape_url=public_url(url),
-        beam_options=json.loads(run["beam_options_json"] or "{}"),
-        rows_read=rows_read,
-    )
 
 
 def _nodes(conn: Connection, run_id: str, node_rows: list[Any], rows_read: dict[str, int]) -> list[NodeReport]:

@@ -18,21 +18,10 @@ from sqlalchemy import func, select
 from elspeth_beam.core.enums import Outcome
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
-from elspeth_beam.landscape.summary import duration_s, summarize
+from elspeth_beam.landscape.summary import RunHeader, run_header, summarize
 
 TOP_REASONS = 10
 _ERROR_OUTCOMES = (Outcome.QUARANTINED.value, Outcome.FAILED.value)
-
-
-class RunHeader(BaseModel):
-    run_id: str
-    status: str
-    runner: str
-    started_at: str
-    completed_at: str | None
-    duration_s: float | None
-    settings_hash: str
-    landscape: str
 
 
 class NodeStats(BaseModel):
@@ -82,16 +71,7 @@ def show_run(store: LandscapeStore, run_id: str, *, top: int = TOP_REASONS) -> R
     """Everything ``show`` prints about one run (raises RunNotFoundError for an unknown id)."""
     run = store.run(run_id)
     summary = summarize(store, run_id)
-    header = RunHeader(
-        run_id=run_id,
-        status=run["status"],
-        runner=run["runner"],
-        started_at=run["started_at"],
-        completed_at=run["completed_at"],
-        duration_s=duration_s(run["started_at"], run["completed_at"]),
-        settings_hash=run["settings_hash"],
-        landscape=store.engine.url.render_as_string(hide_password=True),
-    )
+    header = run_header(store, run, summary["rows_read"])
     reasons, errors_total = _error_reasons(store, run_id)
     return RunDetails(
         header=header,
@@ -206,7 +186,7 @@ def render_text(d: RunDetails) -> str:
         f"completed  {h.completed_at or '-'}",
         f"duration   {f'{h.duration_s:.2f}s' if h.duration_s is not None else '- (not finished)'}",
         f"settings   sha256 {h.settings_hash}",
-        f"landscape  {h.landscape}",
+        f"landscape  {h.landscape_url}",
         "",
         "settings (as recorded, secrets redacted)",
         *("  " + line for line in yaml.safe_dump(d.settings, sort_keys=False, default_flow_style=None, width=100).rstrip().splitlines()),

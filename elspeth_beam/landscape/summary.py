@@ -11,6 +11,7 @@ import json
 from collections import Counter
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError
@@ -98,6 +99,37 @@ def _reason(error_json: str | None) -> tuple[str, str, str]:
     if not isinstance(error, dict):
         return ("", "", str(error))
     return (str(error.get("node_id") or ""), str(error.get("type") or ""), str(error.get("message") or "(no message)"))
+
+
+class RunHeader(BaseModel):
+    """Who ran what, when, where: the head of ``show`` and of the HTML report."""
+
+    run_id: str
+    status: str
+    runner: str
+    started_at: str
+    completed_at: str | None
+    duration_s: float | None
+    settings_hash: str
+    landscape_url: str  # password hidden
+    beam_options: dict[str, Any]
+    rows_read: int
+
+
+def run_header(store: LandscapeStore, run: dict[str, Any], rows_read: int) -> RunHeader:
+    """The header of a ``runs`` row (``store.run(run_id)``)."""
+    return RunHeader(
+        run_id=run["run_id"],
+        status=run["status"],
+        runner=run["runner"],
+        started_at=run["started_at"],
+        completed_at=run["completed_at"],
+        duration_s=duration_s(run["started_at"], run["completed_at"]),
+        settings_hash=run["settings_hash"],
+        landscape_url=display_url(store.url),
+        beam_options=json.loads(run["beam_options_json"] or "{}"),
+        rows_read=rows_read,
+    )
 
 
 def display_url(url: str) -> str:
