@@ -9,7 +9,7 @@ import json
 from decimal import Decimal
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from elspeth_beam.core.canonical import canonical_json, normalize, stable_hash
@@ -251,3 +251,33 @@ def test_normalize_is_idempotent(value):
 def test_finite_floats_always_encode(x):
     back = json.loads(canonical_json(x))
     assert float(back) == x  # shortest round-trip digits: no precision lost
+
+
+flat_rows = st.dictionaries(
+    st.text(max_size=8),
+    st.none() | st.booleans() | st.integers() | finite_floats | st.text(max_size=12),
+    max_size=8,
+)
+
+
+@given(flat_rows | json_objects)
+@example({"n": 1.0, "s": "x"})  # an integral float: ECMAScript writes no fraction
+@example({"m": -0.0})
+@example({"big": 1e16, "small": 1e-5, "mid": 0.5})  # where repr and ECMAScript switch notation
+@example({"\U0001f600": 1, "\ue000": 2, "é": 3})  # UTF-16 key order differs from code points
+@example({"a": "\ud800"})  # a lone surrogate has no UTF-8 form
+@example({"nested": {"x": 1.0}, "list": [2.0, "s"]})
+@settings(max_examples=300, deadline=None)
+def test_fast_paths_write_what_the_reference_encoder_writes(row):
+    """The C-encoder shortcuts (flat rows, plain nested values) must equal the RFC 8785 encoder."""
+    from elspeth_beam.core.canonical import _encode
+
+    out: list[str] = []
+    _encode(normalize(row), out)
+    try:
+        expected = "".join(out).encode("utf-8")
+    except UnicodeEncodeError:
+        with pytest.raises(CanonicalizationError):
+            canonical_json(row)
+        return
+    assert canonical_json(row) == expected

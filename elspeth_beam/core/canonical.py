@@ -141,16 +141,38 @@ def _encode(value: Any, out: list[str]) -> None:
 _compact_sorted = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
+def _flat_row_text(obj: Any) -> str | None:
+    """The canonical text of the usual row — a flat dict of ASCII keys and plain values, floats
+    written alike by Python and ECMAScript — straight from the C encoder; None otherwise."""
+    if type(obj) is not dict:
+        return None
+    for key, value in obj.items():
+        kind = type(value)
+        if kind is float:
+            if value.is_integer() or not 1e-4 <= abs(value) < 1e16:  # NaN fails this too
+                return None
+        elif kind not in _PLAIN:
+            return None
+        if type(key) is not str or not key.isascii():
+            return None
+    return _compact_sorted(obj)
+
+
 def canonical_json(obj: Any) -> bytes:
     """Canonical UTF-8 JSON bytes of ``obj`` (raises CanonicalizationError)."""
-    flags = _Flags()
-    value = _normalize(obj, flags)
-    if flags.slow:
-        out: list[str] = []
-        _encode(value, out)
-        text = "".join(out)
-    else:  # the common case: the C encoder gives exactly the canonical text
-        text = _compact_sorted(value)
+    text = _flat_row_text(obj)
+    if text is None:
+        flags = _Flags()
+        value = _normalize(obj, flags)
+        if flags.slow:
+            out: list[str] = []
+            _encode(value, out)
+            text = "".join(out)
+        else:  # the common case: the C encoder gives exactly the canonical text
+            text = _compact_sorted(value)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
