@@ -27,7 +27,7 @@ class WriteLandscapeFn(beam.DoFn):
         self.url = url
 
     def setup(self) -> None:
-        self.store = LandscapeStore(self.url)
+        self.store = LandscapeStore.shared(self.url)  # one connection for all nodes' writers
 
     def start_bundle(self) -> None:
         self._buffer: list[AuditEvent] = []
@@ -48,7 +48,7 @@ class WriteLandscapeFn(beam.DoFn):
     def teardown(self) -> None:
         store = getattr(self, "store", None)
         if store is not None:
-            store.dispose()
+            store.release()
 
 
 class WriteLandscape(beam.PTransform):
