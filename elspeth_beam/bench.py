@@ -161,32 +161,33 @@ def audit_rows(landscape: str) -> int:
 def raw_insert_rate(landscape: str, work: Path) -> tuple[int, float]:
     """The database's own limit: the same audit rows inserted with the sqlite3 module's
     ``executemany`` (plain INSERT, one transaction, the Landscape's pragmas) into a fresh copy
-    of the schema — no SQLAlchemy, no conflict handling, no Beam."""
+    of the schema — no SQLAlchemy, no conflict handling, no Beam. Tables are read one at a
+    time (as tuples) and only the inserts are timed."""
     import sqlite3
 
-    from elspeth_beam.landscape.store import RUN_TABLES, LandscapeStore
+    from elspeth_beam.landscape.store import RUN_TABLES, LandscapeStore, normalize_url
 
-    source = LandscapeStore(landscape)
-    tables = {t: source.table_rows(t) for t in RUN_TABLES}
-    target = LandscapeStore(f"sqlite:///{work / 'raw.db'}")  # creates the schema
-    target.dispose()
-    conn = sqlite3.connect(work / "raw.db", isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    prepared = []
-    for table, rows in tables.items():
-        if rows:
-            cols = list(rows[0])
-            sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-            prepared.append((sql, [tuple(r[c] for c in cols) for r in rows]))
+    LandscapeStore(f"sqlite:///{work / 'raw.db'}").dispose()  # creates the schema
+    source = sqlite3.connect(normalize_url(landscape).removeprefix("sqlite:///"))
+    target = sqlite3.connect(work / "raw.db", isolation_level=None)
+    target.execute("PRAGMA journal_mode=WAL")
+    target.execute("PRAGMA synchronous=NORMAL")
+    total, elapsed = 0, 0.0
+    target.execute("BEGIN")
+    for table in RUN_TABLES:
+        cols = ", ".join(c.name for c in table.columns)
+        rows = source.execute(f"SELECT {cols} FROM {table.name}").fetchall()
+        if not rows:
+            continue
+        t0 = time.perf_counter()
+        target.executemany(f"INSERT INTO {table.name} ({cols}) VALUES ({', '.join('?' * len(table.columns))})", rows)
+        elapsed += time.perf_counter() - t0
+        total += len(rows)
     t0 = time.perf_counter()
-    conn.execute("BEGIN")
-    for sql, params in prepared:
-        conn.executemany(sql, params)
-    conn.execute("COMMIT")
-    elapsed = time.perf_counter() - t0
-    conn.close()
-    total = sum(len(r) for r in tables.values())
+    target.execute("COMMIT")
+    elapsed += time.perf_counter() - t0
+    source.close()
+    target.close()
     return total, total / elapsed
 
 
