@@ -109,8 +109,8 @@ node_states = Table(
     metadata,
     Column("state_id", ID, primary_key=True),
     Column("run_id", ID, nullable=False, index=True),
-    Column("token_id", ID, index=True),
-    Column("batch_id", ID, index=True),
+    Column("token_id", ID),  # looked up through uq_node_states_token_node_attempt's prefix
+    Column("batch_id", ID),
     Column("node_id", String(200), nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("status", String(16), nullable=False),
@@ -130,6 +130,9 @@ node_states = Table(
         "status <> 'failed' OR (error_json IS NOT NULL AND duration_ms IS NOT NULL)",
         name="ck_node_states_failed",
     ),
+    # indexes cost a random page per insert once the table outgrows the cache: only flushes
+    # have a batch_id, so only they are indexed
+    Index("ix_node_states_batch", "batch_id", sqlite_where=text("batch_id IS NOT NULL"), postgresql_where=text("batch_id IS NOT NULL")),
     # the writer asks "which states are still open?" on every write; usually none are
     Index("ix_node_states_open", "run_id", sqlite_where=text("status = 'open'"), postgresql_where=text("status = 'open'")),
 )
