@@ -228,16 +228,8 @@ def watched_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     settings = retarget(yaml.safe_load(QUICKSTART.read_text()), tmp / "out")
     db = tmp / "landscape.db"
     loaded = testing.load_for_test(settings, f"sqlite:///{db}")
-    stream, reporters = FakeStream(), []
-
-    @contextmanager
-    def progress(url: str, run_id: str) -> Iterator[ProgressReporter]:
-        with landscape_progress(url, run_id, stream=stream, every=0.02, tty=False) as reporter:
-            reporters.append(reporter)
-            yield reporter
-
-    result = execute_run(loaded, progress=progress)
-    return {"result": result, "db": db, "stream": stream, "reporter": reporters[0]}
+    result, stream, reporter = _run_polled(loaded)
+    return {"result": result, "db": db, "stream": stream, "reporter": reporter}
 
 
 def test_polling_while_the_pipeline_writes_never_errors(watched_run) -> None:
@@ -274,21 +266,13 @@ def test_the_reporter_connection_cannot_write(watched_run) -> None:
 def test_progress_on_postgres(postgres_url, quickstart_settings) -> None:
     """PostgreSQL: counted in full each poll (no rowids), through a read-only session."""
     loaded = testing.load_for_test(quickstart_settings, postgres_url)
-    stream, reporters = FakeStream(), []
-
-    @contextmanager
-    def progress(url: str, run_id: str) -> Iterator[ProgressReporter]:
-        with landscape_progress(url, run_id, stream=stream, every=0.02, tty=False) as reporter:
-            reporters.append(reporter)
-            yield reporter
-
-    result = execute_run(loaded, progress=progress)
+    result, stream, reporter = _run_polled(loaded)
     store = LandscapeStore(postgres_url)
     with store.engine.connect() as conn:
         full = count_progress(conn, result.run_id)
     store.dispose()
-    assert reporters[0].errors == [] and reporters[0].polls >= 2
-    assert reporters[0].last == full and full.rows_read == 300 and full.quarantined == 8
+    assert reporter.errors == [] and reporter.polls >= 2
+    assert reporter.last == full and full.rows_read == 300 and full.quarantined == 8
     engine = read_only_engine(postgres_url)
     with pytest.raises(DBAPIError, match="read-only transaction"), engine.connect() as conn:
         conn.execute(s.runs.update().values(status="tampered"))
@@ -415,3 +399,16 @@ def test_cli_default_output_has_progress_lines_and_the_summary_table(cli_runs) -
 def test_cli_rejects_a_bad_progress_interval(tmp_path) -> None:
     proc = cli("run", "pipeline.yaml", "--progress-every", "0", cwd=tmp_path)
     assert proc.code == 2 and "expected a positive number of seconds" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _run_polled(loaded):
+    """Run with the Landscape polled every 20 ms into a fake non-TTY stream."""
+    stream, reporters = FakeStream(), []
+
+    @contextmanager
+    def progress(url: str, run_id: str) -> Iterator[ProgressReporter]:
+        with landscape_progress(url, run_id, stream=stream, every=0.02, tty=False) as reporter:
+            reporters.append(reporter)
+            yield reporter
+
+    return execute_run(loaded, progress=progress), stream, reporters[0]
