@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal, Self, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -170,3 +171,26 @@ AuditEvent = Annotated[
 ]
 
 AUDIT_EVENTS_ADAPTER: TypeAdapter[list[AuditEvent]] = TypeAdapter(list[AuditEvent])
+
+
+class AuditBatch(list):
+    """One element of an ``audit`` output: a list of events (a bundle's, or part of one)."""
+
+
+def pack_events(events: Iterable[_Event]) -> list[tuple[type[_Event], dict[str, Any]]]:
+    """Events as (class, field dict) pairs: pickle handles these in C, where pydantic's
+    per-object pickling (or a ``__reduce__`` of our own) cost 15 µs an event in Python."""
+    return [(type(e), e.__dict__) for e in events]
+
+
+def unpack_events(packed: Iterable[tuple[type[_Event], dict[str, Any]]]) -> list[Any]:
+    """The events ``pack_events`` described (fields were validated when first made)."""
+    out = []
+    for cls, fields in packed:
+        event = cls.__new__(cls)
+        object.__setattr__(event, "__dict__", fields)
+        object.__setattr__(event, "__pydantic_fields_set__", set(fields))
+        object.__setattr__(event, "__pydantic_extra__", None)
+        object.__setattr__(event, "__pydantic_private__", None)
+        out.append(event)
+    return out

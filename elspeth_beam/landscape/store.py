@@ -16,7 +16,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Select, Table, and_, bindparam, create_engine, event, inspect, or_, select, update
+from sqlalchemy import Engine, Select, Table, and_, bindparam, create_engine, event, inspect, literal, or_, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
@@ -54,9 +54,6 @@ class WriteStats:
 
 WRITE_STATS = WriteStats()
 
-_SHARED: dict[str, tuple["LandscapeStore", int]] = {}
-_SHARED_LOCK = threading.Lock()
-
 
 def _is_retryable(exc: OperationalError | IntegrityError) -> bool:
     text = str(exc.orig).lower()
@@ -68,6 +65,17 @@ def _is_retryable(exc: OperationalError | IntegrityError) -> bool:
 def normalize_url(url_or_path: str) -> str:
     """Accept a SQLAlchemy URL or a bare path to a SQLite file."""
     return url_or_path if "://" in url_or_path else f"sqlite:///{url_or_path}"
+
+
+def absolute_url(url_or_path: str) -> str:
+    """The URL with a relative SQLite path made absolute from this process's working
+    directory — what it means here, handed to a process whose directory may differ."""
+    url = normalize_url(url_or_path)
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or Path(database).is_absolute():
+        return url
+    return parsed.set(database=str(Path(database).resolve())).render_as_string(hide_password=False)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -193,30 +201,6 @@ class LandscapeStore:
     def dispose(self) -> None:
         self.engine.dispose()
 
-    @classmethod
-    def shared(cls, url: str) -> "LandscapeStore":
-        """This process's one store for ``url``, for the audit writers of every node: one
-        connection (and one page cache) instead of one per node. Pair with ``release``."""
-        url = normalize_url(url)
-        with _SHARED_LOCK:
-            store, users = _SHARED.get(url, (None, 0))
-            if store is None:
-                store = cls(url)
-            _SHARED[url] = (store, users + 1)
-            return store
-
-    def release(self) -> None:
-        """A user of ``shared`` is done; the last one closes the connection."""
-        with _SHARED_LOCK:
-            store, users = _SHARED.get(self.url, (None, 0))
-            if store is not self:
-                return
-            if users > 1:
-                _SHARED[self.url] = (store, users - 1)
-                return
-            del _SHARED[self.url]
-        self.dispose()
-
     # ---- audit events -------------------------------------------------------------------
 
     def write_events(self, events: Iterable[AuditEvent]) -> None:
@@ -298,9 +282,12 @@ class LandscapeStore:
         if not events:
             return []
         t = s.node_states
+        # Only the status in the WHERE: with run_id there too, SQLite's planner took the run_id
+        # index (same estimated cost) and walked every state of the run on each write — 10 ms
+        # per write at 60k states, growing with the run. Open states are few in any database.
+        stmt = select(t.c.state_id, t.c.run_id).where(t.c.status == literal(NodeStateStatus.OPEN.value, literal_execute=True))
         run_ids = {e.run_id for e in events}
-        stmt = select(t.c.state_id).where(t.c.run_id.in_(run_ids), t.c.status == NodeStateStatus.OPEN.value)
-        open_ids = set(conn.execute(stmt).scalars())
+        open_ids = {state for state, run in conn.execute(stmt) if run in run_ids}
         return [e for e in events if e.state_id in open_ids]
 
     def _write_batches(self, conn: Connection, events: list[BatchRecorded]) -> int:

@@ -24,6 +24,7 @@ from apache_beam.pvalue import PCollection
 from elspeth_beam.config.graph import NodeSpec, PipelineGraph
 from elspeth_beam.config.loader import LoadedPipeline
 from elspeth_beam.core.enums import NodeType, Outcome
+from elspeth_beam.core.events import AuditBatch
 from elspeth_beam.pipeline.audit import AUDIT_TAG, ERROR_TAG, NodeContext, out_tag
 from elspeth_beam.pipeline.gate import GateDoFn
 from elspeth_beam.core.tokens import TokenInfo
@@ -116,6 +117,7 @@ def apply_graph(
         reemitted = restore.reemit.get(node.node_id)
         for dest in node.destinations:
             stream = outputs[out_tag(dest)]
+            stream.element_type = TokenInfo  # its deterministic coder, not a pickle, between stages
             if reemitted:  # resume: outputs of finished flushes whose next step never committed
                 again = pipeline | f"{label} re-emitted" >> beam.Create(list(reemitted)).with_output_types(TokenInfo)
                 stream = (stream, again) | f"{label} to {dest} with re-emitted" >> beam.Flatten()
@@ -131,5 +133,6 @@ def apply_graph(
 
 
 def _written(audit: PCollection, label: str, url: str) -> PCollection:
+    audit.element_type = AuditBatch  # AuditBatchCoder: Beam's size sampling need not encode it
     audit | f"{label} audit" >> WriteLandscape(url)
     return audit

@@ -1,0 +1,190 @@
+"""The audit writer process: Landscape writes on the second core, committed before a bundle ends.
+
+Writing the audit is most of an audited run's extra work, and in the pipeline's own process
+it can only take turns with Beam for the GIL (a writer *thread* lost: SQLite gives the GIL
+back for every row, and taking it back from the busy pipeline thread cost more than the
+overlap won). So each pipeline process starts one child process that owns the Landscape
+connections. Audit writers hand it batches of events (``submit``) and keep working; before
+their bundle finishes they ``wait`` until the child has committed every batch of it. What Beam
+counts as done is therefore in the Landscape, exactly as with writes in-process.
+
+Frames on the pipes are an 8-byte length and a pickle. Requests: ``("write", ticket, url,
+events)`` and ``("release", url)``; replies: ``(ticket, rows, seconds, error)``, in ticket order.
+If the pipeline process dies, the child sees its stdin close and exits at once: what it
+committed stays, anything else is lost with the bundle that sent it — as in a crash in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import struct
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from elspeth_beam.core.errors import LandscapeError
+from elspeth_beam.core.events import pack_events, unpack_events
+
+_HEADER = struct.Struct("<Q")
+_IN_FLIGHT = 4  # batches queued in the child before a submit waits: bounds memory on both sides
+
+
+class AuditWriterError(LandscapeError):
+    """The audit writer process failed to write a batch, or is gone."""
+
+
+def _send(stream: IO[bytes], message: Any) -> None:
+    payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def _receive(stream: IO[bytes]) -> Any | None:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    size = _HEADER.unpack(header)[0]
+    payload = stream.read(size)
+    return None if len(payload) < size else pickle.loads(payload)
+
+
+class AuditWriter:
+    """This process's handle on its writer child (``shared``); safe to use from many threads."""
+
+    _shared: AuditWriter | None = None
+    _shared_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "elspeth_beam.landscape.writer_process"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+        )
+        self._send_lock = threading.Lock()
+        self._reply_lock = threading.Lock()
+        self._submitted = 0
+        self._done = 0
+        self._errors: dict[int, str] = {}
+        self._users: dict[str, int] = {}
+
+    @classmethod
+    def shared(cls) -> AuditWriter:
+        with cls._shared_lock:
+            if cls._shared is None or cls._shared._proc.poll() is not None:
+                cls._shared = cls()
+            return cls._shared
+
+    def submit(self, url: str, events: Sequence[Any]) -> int:
+        """Queue a batch for one transaction; returns its ticket for ``wait``."""
+        while self._submitted - self._done >= _IN_FLIGHT:
+            self._read_reply()
+        with self._send_lock:
+            self._submitted += 1
+            ticket = self._submitted
+            self._write(("write", ticket, url, pack_events(events)))
+        return ticket
+
+    def wait(self, tickets: Sequence[int]) -> None:
+        """Return once every ticket's batch is committed; raise the first one's error."""
+        if tickets:
+            while self._done < max(tickets):
+                self._read_reply()
+        failed = [self._errors.pop(t) for t in tickets if t in self._errors]
+        if failed:
+            raise AuditWriterError(f"the audit writer could not write to the Landscape: {failed[0]}")
+
+    def attach(self, url: str) -> None:
+        """One more audit writer uses ``url``; pair with ``release``."""
+        with self._send_lock:
+            self._users[url] = self._users.get(url, 0) + 1
+
+    def release(self, url: str) -> None:
+        """An audit writer is done with ``url``: after the last, the child closes its connection."""
+        with self._send_lock:
+            self._users[url] = self._users.get(url, 1) - 1
+            if self._users[url] <= 0 and self._proc.poll() is None:
+                del self._users[url]
+                self._write(("release", url))
+
+    @classmethod
+    def peak_rss_mb(cls) -> float:
+        """The writer child's peak resident memory (Linux ``VmHWM``), 0 without one."""
+        writer = cls._shared
+        try:
+            status = Path(f"/proc/{writer._proc.pid}/status").read_text() if writer else ""
+        except OSError:
+            return 0.0
+        kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+        return kb / 1024
+
+    def _write(self, message: Any) -> None:
+        try:
+            _send(self._proc.stdin, message)  # type: ignore[arg-type]
+        except (BrokenPipeError, OSError):
+            raise self._gone() from None
+
+    def _read_reply(self) -> None:
+        from elspeth_beam.landscape.store import WRITE_STATS
+
+        with self._reply_lock:
+            if self._done >= self._submitted:
+                return
+            reply = _receive(self._proc.stdout)  # type: ignore[arg-type]
+            if reply is None:
+                raise self._gone()
+            ticket, rows, seconds, error = reply
+            self._done = ticket
+            if error is None:
+                WRITE_STATS.add(rows, seconds)
+            else:
+                self._errors[ticket] = error
+
+    def _gone(self) -> AuditWriterError:
+        code = self._proc.poll()
+        return AuditWriterError(f"the audit writer process exited (code {code}); its error, if any, is printed above")
+
+
+# ---- the child --------------------------------------------------------------------------------
+
+def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
+    """Read requests on a thread (so the parent never waits on a busy writer), write on this one."""
+    from elspeth_beam.landscape.store import WRITE_STATS, LandscapeStore
+
+    inbox: queue.Queue[Any] = queue.Queue(maxsize=_IN_FLIGHT)
+
+    def read() -> None:
+        while (message := _receive(requests)) is not None:
+            inbox.put(message)
+        os._exit(0)  # the pipeline process is gone: stop now, as a crash would
+
+    threading.Thread(target=read, daemon=True, name="audit-requests").start()
+    stores: dict[str, LandscapeStore] = {}
+    while True:
+        message = inbox.get()
+        if message[0] == "release":
+            store = stores.pop(message[1], None)
+            if store is not None:
+                store.dispose()
+            continue
+        _, ticket, url, events = message
+        rows, seconds = WRITE_STATS.rows, WRITE_STATS.seconds
+        try:
+            store = stores.get(url) or stores.setdefault(url, LandscapeStore(url))
+            store.write_events(unpack_events(events))
+            _send(replies, (ticket, WRITE_STATS.rows - rows, WRITE_STATS.seconds - seconds, None))
+        except Exception as exc:  # reported to the bundle that sent it, which fails and is retried
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            _send(replies, (ticket, 0, 0.0, detail))
+
+
+if __name__ == "__main__":
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # stray prints go to stderr, never into the reply stream
+    sys.stdout = sys.stderr
+    _serve(sys.stdin.buffer, replies)
