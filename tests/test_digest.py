@@ -109,9 +109,8 @@ def test_untouched_run_verifies_ok_twice_with_the_same_answer(finished, tmp_path
     assert _cli("verify", run_id, "-l", str(db), "--expect-digest", root).returncode == 0
 
 
-def test_digest_is_reproducible_from_the_documented_recipe(finished):
-    """Anyone can recompute the root with sha256 and canonical JSON, from the data alone."""
-    db, run_id = finished
+def _recipe_tables(db: Path, run_id: str, fmt: int) -> dict[str, dict]:
+    """The manifest's tables recomputed with sqlite3, sha256 and canonical JSON only."""
     con = sqlite3.connect(db)
     con.row_factory = sqlite3.Row
     tables = {}
@@ -119,19 +118,48 @@ def test_digest_is_reproducible_from_the_documented_recipe(finished):
         keys = [c.name for c in table.primary_key.columns]
         where = ("WHERE token_id IN (SELECT token_id FROM tokens WHERE run_id = ?)" if table is s.token_parents
                  else "WHERE run_id = ?")
+        columns = [c.name for c in table.columns if c.name not in ("digest_root", "digest_manifest")]
         entries = []
         for r in con.execute(f"SELECT * FROM {table.name} {where} ORDER BY {', '.join(keys)}", (run_id,)):
-            row = {k: r[k] for k in r.keys() if k not in ("digest_root", "digest_manifest")}
+            row = {k: r[k] for k in columns}
             for c in table.columns:
                 if isinstance(c.type, Boolean) and row[c.name] is not None:
                     row[c.name] = bool(row[c.name])
             cols = key_columns(table)
             key = row[cols[0]] if len(cols) == 1 else canonical_json([row[c] for c in cols]).decode()
-            entries.append([key, stable_hash(row)])
-        tables[table.name] = {"count": len(entries), "root": stable_hash(entries)}
-    stored = con.execute("SELECT digest_root FROM runs WHERE run_id = ?", (run_id,)).fetchone()[0]
+            entries.append([key, stable_hash(row) if fmt == 1 else stable_hash([row[c] for c in columns])])
+        tables[table.name] = {"count": len(entries), "root": stable_hash(entries)} | ({"columns": columns} if fmt == 2 else {})
+        tables[table.name]["entries"] = entries
     con.close()
-    assert stable_hash({"format": 1, "tables": tables}) == stored
+    return tables
+
+
+def test_digest_is_reproducible_from_the_documented_recipe(finished):
+    """Anyone can recompute the root with sha256 and canonical JSON, from the data alone."""
+    db, run_id = finished
+    tables = {name: {k: v for k, v in entry.items() if k != "entries"} for name, entry in _recipe_tables(db, run_id, 2).items()}
+    stored = _sql(db, "SELECT digest_root FROM runs WHERE run_id = ?", run_id)[0][0]
+    assert stable_hash({"format": 2, "tables": tables}) == stored
+
+
+def test_a_format_1_digest_still_verifies_and_names_an_edit(finished, tmp_path):
+    """Runs digested before format 2 hashed each record as a column → value mapping."""
+    db, run_id = finished
+    db = _copy(db, tmp_path / "l.db")
+    tables = _recipe_tables(db, run_id, 1)
+    _sql(db, "DELETE FROM record_digests")
+    for name, entry in tables.items():
+        entries = entry.pop("entries")
+        for chunk, start in enumerate(range(0, len(entries), 1000)):
+            _sql(db, "INSERT INTO record_digests (run_id, table_name, chunk, entries) VALUES (?, ?, ?, ?)",
+                 run_id, name, chunk, canonical_json(entries[start:start + 1000]).decode())
+    manifest = {"format": 1, "tables": tables}
+    _sql(db, "UPDATE runs SET digest_manifest = ?, digest_root = ?", canonical_json(manifest).decode(), stable_hash(manifest))
+    assert _verify(db, run_id).ok, _verify(db, run_id).problems
+
+    state_id = _sql(db, "SELECT state_id FROM node_states ORDER BY state_id LIMIT 1")[0][0]
+    _sql(db, "UPDATE node_states SET output_hash = ? WHERE state_id = ?", "0" * 64, state_id)
+    assert _verify(db, run_id).problems == [f"node_states: 1 record(s) changed since the run's digest: state_id={state_id}"]
 
 
 # ---- tampering ----------------------------------------------------------------------------------
@@ -185,7 +213,7 @@ def test_record_and_its_digest_edited_together_are_caught_by_the_root(finished, 
     store.dispose()
     chunk, text = next((c, t) for c, t in _sql(
         db, "SELECT chunk, entries FROM record_digests WHERE table_name = 'node_states' ORDER BY chunk") if state_id in t)
-    entries = [[k, record_hash(row) if k == state_id else h] for k, h in json.loads(text)]
+    entries = [[k, record_hash(list(row.values())) if k == state_id else h] for k, h in json.loads(text)]
     _sql(db, "UPDATE record_digests SET entries = ? WHERE table_name = 'node_states' AND chunk = ?",
          canonical_json(entries).decode(), chunk)
 
