@@ -36,3 +36,35 @@ def test_quickstart_runs_and_verifies(quickstart_settings, tmp_path):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == art["content_hash"]
     standard = Path(quickstart_settings["sinks"]["standard"]["options"]["path"])
     assert len(standard.read_text().splitlines()) == 1 + per_sink["standard"]
+
+
+def test_a_run_collects_garbage_less_often_and_restores_the_thresholds(quickstart_settings, tmp_path):
+    import contextlib
+    import gc
+
+    import pytest
+
+    from elspeth_beam.config.loader import load_settings_dict
+    from elspeth_beam.core.errors import PipelineFailedError
+    from elspeth_beam.run import execute_run
+
+    seen = []
+
+    @contextlib.contextmanager
+    def progress(url, run_id):  # entered while the pipeline runs
+        seen.append(gc.get_threshold())
+        yield
+
+    before = gc.get_threshold()
+    loaded = load_settings_dict(quickstart_settings, landscape_url=testing.landscape_url(tmp_path))
+    execute_run(loaded, progress=progress)
+    assert seen == [(50_000, 50, 100)] and gc.get_threshold() == before
+
+    @contextlib.contextmanager
+    def failing(url, run_id):
+        raise RuntimeError("the pipeline died")
+        yield
+
+    with pytest.raises(PipelineFailedError):
+        execute_run(loaded, progress=failing)
+    assert gc.get_threshold() == before
