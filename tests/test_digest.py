@@ -352,7 +352,7 @@ def test_old_schema_is_refused_with_a_clear_message(finished, tmp_path):
     db, run_id = finished
     db = _copy(db, tmp_path / "l.db")
     _sql(db, "UPDATE landscape_schema SET version = 2")
-    with pytest.raises(LandscapeError, match="has schema version 2, this elspeth_beam writes version 3"):
+    with pytest.raises(LandscapeError, match=f"has schema version 2, this elspeth_beam writes version {s.SCHEMA_VERSION}"):
         LandscapeStore(str(db))
     cli = _cli("verify", run_id, "-l", str(db))
     assert cli.returncode == 2

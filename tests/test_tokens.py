@@ -282,13 +282,16 @@ def test_coder_used_by_group_by_key_on_fnapirunner(monkeypatch):
 
 
 def test_ids_deterministic_and_prefixed():
+    row = ids.row_id("run", "source:s", 0)
+    tok = ids.token_id([row], "source:s", 0)
+    st_ = ids.state_id(tok, "transform:t", 1)
     cases = [
         (ids.row_id, ("run", "source:s", 0), "row_"),
-        (ids.token_id, (["row_x"], "source:s", 0), "tok_"),
-        (ids.state_id, ("tok_x", "transform:t", 1), "st_"),
+        (ids.token_id, ([row], "source:s", 0), "tok_"),
+        (ids.state_id, (tok, "transform:t", 1), "st_"),
         (ids.batch_id, ("run", "aggregation:a", "key", 0, 1), "bat_"),
-        (ids.outcome_id, ("tok_x", "completed", "sink:s"), "out_"),
-        (ids.routing_id, ("st_x", "big"), "rte_"),
+        (ids.outcome_id, (tok, "completed", "sink:s"), "out_"),
+        (ids.routing_id, (st_, "big"), "rte_"),
         (ids.artifact_id, ("run", "sink:s", "/p", "abc"), "art_"),
     ]
     for fn, args, prefix in cases:
@@ -296,12 +299,29 @@ def test_ids_deterministic_and_prefixed():
         assert a == b
         assert a.startswith(prefix)
         suffix = a[len(prefix):]
-        assert len(suffix) == 24 and all(c in "0123456789abcdef" for c in suffix)
+        assert len(suffix) in (24, 34) and all(c in "0123456789abcdef" for c in suffix)
     # golden values: ids must not change between versions (resume matches work against
-    # ids already stored in a Landscape)
-    assert ids.row_id("run", "source:s", 0) == "row_6eadbe77c7646576a58667f2"
+    # ids already stored in a Landscape); a change needs a new Landscape schema version
+    assert ids.row_id("run", "source:s", 0) == "row_00000000006eadbe77c7646576a58667f2"
     assert ids.token_id(["row_x"], "source:s", 0) == "tok_332c6b5cb8e819c41f0ffd62"
-    assert ids.batch_id("run", "aggregation:a", "key", 0, 1) == "bat_e92bf8c0ecf0048a4b561adc"
+    assert ids.batch_id("run", "aggregation:a", "key", 0, 1) == "bat_0000000000e92bf8c0ecf0048a4b561adc"
+
+
+@given(st.integers(min_value=0, max_value=2**40 - 1), st.integers(min_value=0, max_value=2**40 - 1))
+@settings(max_examples=100, deadline=None)
+def test_a_rows_work_sorts_by_its_position(i, j):
+    """Every id of a row's work carries the row's position, so inserts append to the indexes."""
+    def work(index):
+        row = ids.row_id("run", "source:s", index)
+        tok = ids.token_id([row], "source:s", 0)
+        st_ = ids.state_id(tok, "gate:g", 1)
+        return [row, tok, ids.token_id([tok, "tok_other"], "aggregation:a", 0), st_,
+                ids.outcome_id(tok, "completed", "sink:s"), ids.routing_id(st_, "big")]
+
+    for a, b in zip(work(i), work(j)):
+        assert ids.order_of(a) == ids.position(i) and ids.order_of(b) == ids.position(j)
+        if i < j:
+            assert a.partition("_")[2] < b.partition("_")[2]
 
 
 def test_token_ids_accept_tuple_or_list_parents():

@@ -27,7 +27,7 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
-SCHEMA_VERSION = 3  # bump on any change to the tables below
+SCHEMA_VERSION = 4  # bump on any change to the tables below, or to how ids are made (4: ordered ids)
 
 landscape_schema = Table("landscape_schema", metadata, Column("version", Integer, primary_key=True))
 
