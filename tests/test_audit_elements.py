@@ -67,3 +67,18 @@ def test_audit_streams_and_token_streams_have_their_own_coders(tmp_path):
     assert len(audit) == len(loaded.graph.nodes)
     assert all(isinstance(c, AuditBatchCoder) for c in audit.values()), audit
     assert streams and all(isinstance(c, TokenInfoCoder) for c in streams.values()), streams
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_800 * 10**6))
+@settings(max_examples=200, deadline=None)
+def test_utc_now_matches_datetime_isoformat(micros):
+    import datetime as dt
+    from unittest import mock
+
+    from elspeth_beam.core import events
+
+    expected = (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=micros)).isoformat(
+        timespec="microseconds")
+    with mock.patch.object(events.time, "time_ns", return_value=micros * 1000 + 999):
+        assert events.utc_now() == expected
+        assert events.utc_now() == expected  # the cached second gives the same text
