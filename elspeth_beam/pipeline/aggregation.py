@@ -200,8 +200,9 @@ class AggregationDoFn(AuditedDoFn):
         seq = state.sequence.read() or 0
         state.tokens.clear()
         state.count.clear()
-        state.deadline.clear()
-        state.timeout_timer.clear()
+        if self.timeout is not None:  # untouched otherwise: each state commit costs Beam's cache a deep-size walk
+            state.deadline.clear()
+            state.timeout_timer.clear()
         if not members and not counted:
             return
         if len(members) != counted:
