@@ -20,6 +20,11 @@ EXIT_CODE = 137
 _flushes: dict[str, int] = {}
 
 
+def armed() -> bool:
+    """Whether a fault is configured (checked once per DoFn, not once per row)."""
+    return bool(os.environ.get(ENV))
+
+
 def _spec() -> list[str]:
     return os.environ.get(ENV, "").split(":") if os.environ.get(ENV) else []
 

@@ -15,22 +15,25 @@ import apache_beam as beam
 from elspeth_beam import faults
 from elspeth_beam.config.settings import SourceSettings
 from elspeth_beam.core import ids
-from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.core.errors import RowError
 from elspeth_beam.core.events import RowRecorded
 from elspeth_beam.core.tokens import TokenInfo
-from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag
+from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag, row_hash
 from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import SourcePlugin, SourceRecord
+
+
+_encode_row = json.JSONEncoder(sort_keys=True, allow_nan=False).encode  # json.dumps builds one per call
+_encode_raw = json.JSONEncoder().encode
 
 
 def _payload(record: SourceRecord) -> str:
     if record.row is not None:
         try:
-            return json.dumps({"row": record.row}, sort_keys=True, allow_nan=False)
+            return _encode_row({"row": record.row})
         except ValueError:
             pass
-    return json.dumps({"raw": record.raw})
+    return _encode_raw({"raw": record.raw})
 
 
 class SourceDoFn(AuditedDoFn):
@@ -42,13 +45,15 @@ class SourceDoFn(AuditedDoFn):
 
     def setup(self) -> None:
         self.plugin = registry.build(SourcePlugin, self.settings.plugin, self.settings.options)
+        self.fault_check = faults.after_source_row if faults.armed() else None  # not an env lookup per row
 
     def process(self, _: Any) -> Iterator[Any]:
         for produced, record in enumerate(self.plugin.read(), start=1):
             if record.index not in self.settled_rows:
                 yield from self._one(record)
                 yield from self.audit_if_full()
-            faults.after_source_row(produced)
+            if self.fault_check is not None:
+                self.fault_check(produced)
 
     def _one(self, record: SourceRecord) -> Iterator[Any]:
         run_id, node_id = self.ctx.run_id, self.ctx.node_id
@@ -60,7 +65,7 @@ class SourceDoFn(AuditedDoFn):
                 row_id=row_id,
                 source_node_id=node_id,
                 row_index=record.index,
-                source_data_hash=stable_hash(record.raw),
+                source_data_hash=row_hash(record.raw),  # remembered: the node_state's input hash next
                 payload_json=_payload(record),
             )
         )
