@@ -47,12 +47,17 @@ class _Event(BaseModel):
         for name in _timestamp_fields(cls):
             if name not in values:
                 values[name] = utc_now()
-        event = cls.__new__(cls)
-        object.__setattr__(event, "__dict__", values)
-        object.__setattr__(event, "__pydantic_fields_set__", set(fields))
-        object.__setattr__(event, "__pydantic_extra__", None)
-        object.__setattr__(event, "__pydantic_private__", None)
-        return event
+        return _bare(cls, values, set(fields))
+
+
+def _bare(cls: type[Any], values: dict[str, Any], fields_set: set[str]) -> Any:
+    """An event instance over ``values``, without pydantic's validation or copying."""
+    event = cls.__new__(cls)
+    object.__setattr__(event, "__dict__", values)
+    object.__setattr__(event, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(event, "__pydantic_extra__", None)
+    object.__setattr__(event, "__pydantic_private__", None)
+    return event
 
 
 @functools.cache
@@ -197,12 +202,4 @@ def pack_events(events: Iterable[_Event]) -> list[tuple[type[_Event], dict[str, 
 
 def unpack_events(packed: Iterable[tuple[type[_Event], dict[str, Any]]]) -> list[Any]:
     """The events ``pack_events`` described (fields were validated when first made)."""
-    out = []
-    for cls, fields in packed:
-        event = cls.__new__(cls)
-        object.__setattr__(event, "__dict__", fields)
-        object.__setattr__(event, "__pydantic_fields_set__", set(fields))
-        object.__setattr__(event, "__pydantic_extra__", None)
-        object.__setattr__(event, "__pydantic_private__", None)
-        out.append(event)
-    return out
+    return [_bare(cls, fields, set(fields)) for cls, fields in packed]
