@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +26,9 @@ from elspeth_beam.core.canonical import canonical_json, stable_hash
 from elspeth_beam.core.enums import NodeType, RunStatus
 from elspeth_beam.core.errors import ElspethError, PipelineFailedError
 from elspeth_beam.landscape import schema as s
-from elspeth_beam.landscape.store import LandscapeStore
+from elspeth_beam.landscape.digest import EVENT_TABLES
+from elspeth_beam.landscape.store import LandscapeStore, absolute_url
+from elspeth_beam.landscape.writer_process import AuditWriter, AuditWriterError
 from elspeth_beam.landscape.summary import display_url, render_text, summarize
 from elspeth_beam.landscape.verify import VerifyReport, verify_run
 from elspeth_beam.pipeline.builder import BuiltPipeline, apply_graph
@@ -165,10 +168,11 @@ def execute_run(
             store.finish_run(run_id, RunStatus.FAILED.value, {"error": _root_message(exc)})
             raise PipelineFailedError(f"run {run_id} failed: {_root_message(exc)}") from exc
         merge_sinks(store, loaded, run_id)
+        digesting = _digest_event_tables(store.url, run_id)
         report = verify_run(store, run_id)
         summary = summarize(store, run_id)
         status = RunStatus.COMPLETED if report.ok else RunStatus.FAILED
-        store.finish_run(run_id, status.value, {**summary, "verify_problems": report.problems})
+        store.finish_run(run_id, status.value, {**summary, "verify_problems": report.problems}, digesting())
     store.dispose()
     return RunResult(
         run_id=run_id,
@@ -179,6 +183,23 @@ def execute_run(
         summary=summary,
         report=report,
     )
+
+
+def _digest_event_tables(url: str, run_id: str) -> Callable[[], dict[str, Any]]:
+    """Start digesting the event tables in the writer process, while this one verifies; the
+    returned call waits for their manifest entries. Should the writer fail, ``finish_run``
+    digests them itself (the entries come back empty)."""
+    writer = AuditWriter.shared()
+    ticket = writer.submit_digest(absolute_url(url), run_id, EVENT_TABLES)
+
+    def entries() -> dict[str, Any]:
+        try:
+            return writer.result(ticket)
+        except AuditWriterError as exc:
+            logging.getLogger(__name__).warning("digesting in this process instead: %s", exc)
+            return {}
+
+    return entries
 
 
 @contextmanager

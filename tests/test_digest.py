@@ -21,7 +21,15 @@ from elspeth_beam.core.errors import LandscapeError
 from elspeth_beam.core.events import NodeStateRecorded, RowRecorded, TokenCreated
 from elspeth_beam.core.enums import NodeStateStatus
 from elspeth_beam.landscape import schema as s
-from elspeth_beam.landscape.digest import DIGESTED_TABLES, check_digest, key_columns, record_hash
+from elspeth_beam.landscape.digest import (
+    DIGESTED_TABLES,
+    EVENT_TABLES,
+    check_digest,
+    digest_tables,
+    key_columns,
+    record_hash,
+    write_digest,
+)
 from elspeth_beam.landscape.store import LandscapeStore
 from elspeth_beam.landscape.verify import verify_run
 
@@ -379,3 +387,24 @@ def test_dangling_reference_and_token_adrift_are_problems(finished, tmp_path):
     assert not any("do not trace back" in p for p in problems)
     _sql(db, "DELETE FROM token_parents WHERE token_id = ? AND parent_token_id <> 'ghost'", token_id)
     assert f"1 token(s) do not trace back to a source row of the run: {token_id}" in _verify(db, run_id).problems
+
+
+def test_event_tables_digested_by_the_writer_process_give_the_same_root(finished, tmp_path):
+    """The run's end digests the event tables in the writer process, while it verifies: the
+    root is the one an in-process digest of the same records gives."""
+    from elspeth_beam.landscape.writer_process import AuditWriter
+
+    db, run_id = finished
+    stored = _sql(db, "SELECT digest_root FROM runs")[0][0]
+    db = _copy(db, tmp_path / "l.db")
+    store = LandscapeStore.open_existing(str(db))
+    with store.engine.begin() as conn:
+        assert write_digest(conn, run_id) == stored  # in this process, every table
+    writer = AuditWriter()
+    offloaded = writer.result(writer.submit_digest(f"sqlite:///{db}", run_id, EVENT_TABLES))
+    assert set(offloaded) == set(EVENT_TABLES) and "runs" not in offloaded
+    with store.engine.begin() as conn:
+        assert write_digest(conn, run_id, offloaded) == stored  # its entries kept, the rest added
+    store.dispose()
+    assert _verify(db, run_id).ok
+    assert len(_sql(db, "SELECT DISTINCT table_name FROM record_digests")) == len(DIGESTED_TABLES)

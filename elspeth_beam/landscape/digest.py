@@ -170,11 +170,26 @@ class _Root:
         return {"count": self.count, "root": h.hexdigest()}
 
 
-def write_digest(conn: Connection, run_id: str) -> str:
-    """Digest the run's records inside the caller's transaction; return the root."""
-    conn.execute(delete(s.record_digests).where(s.record_digests.c.run_id == run_id))
-    manifest = {"format": FORMAT,
-                "tables": {t.name: {**_write_table(conn, t, run_id), "columns": hashed_columns(t)} for t in DIGESTED_TABLES}}
+EVENT_TABLES: tuple[str, ...] = tuple(t.name for t in DIGESTED_TABLES if t not in (s.runs, s.nodes, s.edges))
+"""The tables no longer written once a run's sinks are merged: digestible before it finishes
+(by the writer process, while this one verifies — ``run.execute_run``)."""
+
+
+def digest_tables(conn: Connection, run_id: str, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Store the entries of the named tables (replacing any), in the caller's transaction;
+    their manifest entries."""
+    tables = [s.metadata.tables[name] for name in names]
+    d = s.record_digests
+    conn.execute(delete(d).where(d.c.run_id == run_id, d.c.table_name.in_(list(names))))
+    return {t.name: {**_write_table(conn, t, run_id), "columns": hashed_columns(t)} for t in tables}
+
+
+def write_digest(conn: Connection, run_id: str, done: dict[str, dict[str, Any]] | None = None) -> str:
+    """Digest the run's records inside the caller's transaction; return the root. ``done``:
+    manifest entries of tables already digested (``digest_tables``), whose entries stay."""
+    done = done or {}
+    entries = {**done, **digest_tables(conn, run_id, [t.name for t in DIGESTED_TABLES if t.name not in done])}
+    manifest = {"format": FORMAT, "tables": {t.name: entries[t.name] for t in DIGESTED_TABLES}}
     digest_root = stable_hash(manifest)
     conn.execute(
         s.runs.update()

@@ -368,9 +368,11 @@ class LandscapeStore:
             _insert_ignore(conn, s.nodes, [{"run_id": run_id, **n} for n in nodes])
             _insert_ignore(conn, s.edges, [{"run_id": run_id, **e} for e in edges])
 
-    def finish_run(self, run_id: str, status: str, summary: dict[str, Any]) -> None:
+    def finish_run(self, run_id: str, status: str, summary: dict[str, Any],
+                   digested: dict[str, dict[str, Any]] | None = None) -> None:
         """Mark the run finished and, in the same transaction, digest all its records
-        (landscape/digest.py), so verify can tell later edits from what the run wrote."""
+        (landscape/digest.py), so verify can tell later edits from what the run wrote.
+        ``digested``: manifest entries of tables the writer process digested already."""
         from elspeth_beam.landscape.digest import write_digest
 
         with self.engine.begin() as conn:
@@ -380,7 +382,7 @@ class LandscapeStore:
                 .values(status=status, completed_at=utc_now(), summary_json=json.dumps(summary, sort_keys=True))
             )
             if status in FINAL_STATUSES:
-                write_digest(conn, run_id)
+                write_digest(conn, run_id, digested)
         self.checkpoint()
 
     def checkpoint(self) -> None:

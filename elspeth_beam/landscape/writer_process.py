@@ -8,8 +8,12 @@ connections. Audit writers hand it batches of events (``submit``) and keep worki
 their bundle finishes they ``wait`` until the child has committed every batch of it. What Beam
 counts as done is therefore in the Landscape, exactly as with writes in-process.
 
+At a run's end the child also digests the event tables (``digest``) while the pipeline
+process verifies the run.
+
 Frames on the pipes are an 8-byte length and a pickle. Requests: ``("write", ticket, url,
-events)`` and ``("release", url)``; replies: ``(ticket, rows, seconds, error)``, in ticket order.
+events)``, ``("digest", ticket, url, run_id, tables)`` and ``("release", url)``; replies:
+``(ticket, rows, seconds, error, result)``, in ticket order.
 If the pipeline process dies, the child sees its stdin close and exits at once: what it
 committed stays, anything else is lost with the bundle that sent it — as in a crash in-process.
 """
@@ -71,6 +75,7 @@ class AuditWriter:
         self._submitted = 0
         self._done = 0
         self._errors: dict[int, str] = {}
+        self._results: dict[int, Any] = {}
         self._users: dict[str, int] = {}
 
     @classmethod
@@ -89,6 +94,19 @@ class AuditWriter:
             ticket = self._submitted
             self._write(("write", ticket, url, pack_events(events)))
         return ticket
+
+    def submit_digest(self, url: str, run_id: str, tables: Sequence[str]) -> int:
+        """Have the child digest ``tables`` of a run (``digest.digest_tables``); see ``result``."""
+        with self._send_lock:
+            self._submitted += 1
+            ticket = self._submitted
+            self._write(("digest", ticket, url, run_id, list(tables)))
+        return ticket
+
+    def result(self, ticket: int) -> Any:
+        """What the request ``ticket`` returned, once it is done (its error raised)."""
+        self.wait([ticket])
+        return self._results.pop(ticket, None)
 
     def wait(self, tickets: Sequence[int]) -> None:
         """Return once every ticket's batch is committed; raise the first one's error."""
@@ -138,12 +156,14 @@ class AuditWriter:
             reply = _receive(self._proc.stdout)  # type: ignore[arg-type]
             if reply is None:
                 raise self._gone()
-            ticket, rows, seconds, error = reply
+            ticket, rows, seconds, error, result = reply
             self._done = ticket
-            if error is None:
-                WRITE_STATS.add(rows, seconds)
-            else:
+            if error is not None:
                 self._errors[ticket] = error
+            elif result is not None:
+                self._results[ticket] = result
+            else:
+                WRITE_STATS.add(rows, seconds)
 
     def _gone(self) -> AuditWriterError:
         code = self._proc.poll()
@@ -154,6 +174,7 @@ class AuditWriter:
 
 def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     """Read requests on a thread (so the parent never waits on a busy writer), write on this one."""
+    from elspeth_beam.landscape.digest import digest_tables
     from elspeth_beam.landscape.store import WRITE_STATS, LandscapeStore
 
     inbox: queue.Queue[Any] = queue.Queue(maxsize=_IN_FLIGHT)
@@ -172,15 +193,20 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
             if store is not None:
                 store.dispose()
             continue
-        _, ticket, url, events = message
+        ticket, url = message[1], message[2]
         rows, seconds = WRITE_STATS.rows, WRITE_STATS.seconds
         try:
             store = stores.get(url) or stores.setdefault(url, LandscapeStore(url))
-            store.write_events(unpack_events(events))
-            _send(replies, (ticket, WRITE_STATS.rows - rows, WRITE_STATS.seconds - seconds, None))
-        except Exception as exc:  # reported to the bundle that sent it, which fails and is retried
+            if message[0] == "digest":
+                with store.engine.begin() as conn:
+                    result = digest_tables(conn, message[3], message[4])
+                _send(replies, (ticket, 0, 0.0, None, result))
+                continue
+            store.write_events(unpack_events(message[3]))
+            _send(replies, (ticket, WRITE_STATS.rows - rows, WRITE_STATS.seconds - seconds, None, None))
+        except Exception as exc:  # reported to whoever waits for it (a bundle fails and is retried)
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            _send(replies, (ticket, 0, 0.0, detail))
+            _send(replies, (ticket, 0, 0.0, detail, None))
 
 
 if __name__ == "__main__":
