@@ -89,18 +89,17 @@ class AuditWriter:
         """Queue a batch for one transaction; returns its ticket for ``wait``."""
         while self._submitted - self._done >= _IN_FLIGHT:
             self._read_reply()
-        with self._send_lock:
-            self._submitted += 1
-            ticket = self._submitted
-            self._write(("write", ticket, url, pack_events(events)))
-        return ticket
+        return self._request("write", url, pack_events(events))
 
     def submit_digest(self, url: str, run_id: str, tables: Sequence[str]) -> int:
         """Have the child digest ``tables`` of a run (``digest.digest_tables``); see ``result``."""
+        return self._request("digest", url, run_id, list(tables))
+
+    def _request(self, kind: str, *args: Any) -> int:
         with self._send_lock:
             self._submitted += 1
             ticket = self._submitted
-            self._write(("digest", ticket, url, run_id, list(tables)))
+            self._write((kind, ticket, *args))
         return ticket
 
     def result(self, ticket: int) -> Any:
