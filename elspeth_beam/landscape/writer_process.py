@@ -34,6 +34,8 @@ from typing import IO, Any
 
 from elspeth_beam.core.errors import LandscapeError
 from elspeth_beam.core.events import pack_events, unpack_events
+from elspeth_beam.landscape.digest import digest_tables
+from elspeth_beam.landscape.store import WRITE_STATS, LandscapeStore
 
 _HEADER = struct.Struct("<Q")
 _IN_FLIGHT = 4  # batches queued in the child before a submit waits: bounds memory on both sides
@@ -147,8 +149,6 @@ class AuditWriter:
             raise self._gone() from None
 
     def _read_reply(self) -> None:
-        from elspeth_beam.landscape.store import WRITE_STATS
-
         with self._reply_lock:
             if self._done >= self._submitted:
                 return
@@ -173,9 +173,6 @@ class AuditWriter:
 
 def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     """Read requests on a thread (so the parent never waits on a busy writer), write on this one."""
-    from elspeth_beam.landscape.digest import digest_tables
-    from elspeth_beam.landscape.store import WRITE_STATS, LandscapeStore
-
     inbox: queue.Queue[Any] = queue.Queue(maxsize=_IN_FLIGHT)
 
     def read() -> None:
