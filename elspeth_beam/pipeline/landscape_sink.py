@@ -38,18 +38,19 @@ class WriteLandscapeFn(beam.DoFn):
 
     def process(self, events: Iterable[AuditEvent]) -> None:
         self._buffer.extend(events)
-        if len(self._buffer) >= _WRITE_EVERY:
-            self._submit()
+        while len(self._buffer) >= _WRITE_EVERY:  # a sink's part can bring 20 000 at once
+            self._submit(self._buffer[:_WRITE_EVERY])
+            del self._buffer[:_WRITE_EVERY]
 
     def finish_bundle(self) -> None:
-        self._submit()
+        if self._buffer:
+            self._submit(self._buffer)
+            self._buffer = []
         tickets, self._tickets = self._tickets, []
         self.writer.wait(tickets)
 
-    def _submit(self) -> None:
-        if self._buffer:
-            self._tickets.append(self.writer.submit(self.url, self._buffer))
-            self._buffer = []
+    def _submit(self, events: list[AuditEvent]) -> None:
+        self._tickets.append(self.writer.submit(self.url, events))
 
     def teardown(self) -> None:
         writer = getattr(self, "writer", None)

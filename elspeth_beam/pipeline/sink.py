@@ -1,9 +1,11 @@
-"""Sink node: write each bundle's rows as one durable part file, then record them.
+"""Sink node: write a bundle's rows as durable part files, then record them.
 
 Outcomes (``completed``, ``routed``, ``quarantined``) and the part's artifact are emitted
 only after the part is fsynced and atomically renamed into place, so the Landscape never
 claims a row is written that is not. The part's name derives from its token ids: a replayed
-bundle rewrites the same part. When the run ends, ``merge_sink`` joins the recorded parts
+bundle rewrites the same parts. A part holds at most ``PART_ROWS`` rows: the FnApiRunner runs
+a whole batch stage as one bundle, and a sink holding all of it until the bundle ends made
+peak memory grow with the input. When the run ends, ``merge_sink`` joins the recorded parts
 into the file the user configured.
 """
 
@@ -27,6 +29,7 @@ from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import SinkPlugin
 
 SinkItem = tuple[str, TokenInfo, "dict[str, Any] | None"]  # (arrival outcome, token, error)
+PART_ROWS = 10_000  # rows per part file at most: bounds a sink's memory within a bundle
 
 
 class SinkWriteError(ElspethError):
@@ -67,15 +70,21 @@ class SinkDoFn(AuditedDoFn):
         super().start_bundle()
         self._items: list[SinkItem] = []
 
-    def process(self, item: SinkItem) -> None:
+    def process(self, item: SinkItem) -> Iterator[Any]:
         if item[1].token_id not in self.done_tokens:
             self._items.append(item)
+            if len(self._items) >= PART_ROWS:
+                self._write_buffered()
+                yield from self.audit_if_full()
 
     def finish_bundle(self) -> Iterator[Any]:
+        self._write_buffered()
+        yield from super().finish_bundle()
+
+    def _write_buffered(self) -> None:
         if self._items:
             items, self._items = self._items, []
             self._write_part(items)
-        yield from super().finish_bundle()
 
     def _write_part(self, items: list[SinkItem]) -> None:
         items.sort(key=lambda it: (it[1].row_index, it[1].token_id))
