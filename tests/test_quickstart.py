@@ -68,3 +68,34 @@ def test_a_run_collects_garbage_less_often_and_restores_the_thresholds(quickstar
     with pytest.raises(PipelineFailedError):
         execute_run(loaded, progress=failing)
     assert gc.get_threshold() == before
+
+
+def test_a_sink_writes_bounded_parts_that_merge_to_exactly_its_rows(quickstart_settings, tmp_path, monkeypatch):
+    """The FnApiRunner gives a sink its whole input as one bundle: parts of at most PART_ROWS
+    rows keep its memory flat, and each row is recorded in exactly one part, at its position."""
+    import json
+
+    from elspeth_beam.pipeline import sink
+
+    monkeypatch.setattr(sink, "PART_ROWS", 40)
+    run = testing.run_for_test(quickstart_settings, tmp_path)
+    testing.assert_audit_complete(run)
+    standard_rows = run.result.summary["rows_per_sink"]["standard"]
+    artifacts = run.store.table_rows(s.artifacts, run.run_id)
+    node = next(a["sink_node_id"] for a in artifacts if a["artifact_kind"] == "merged" and a["path"].endswith("standard.csv"))
+    parts = {a["artifact_id"]: a for a in artifacts if a["sink_node_id"] == node and a["artifact_kind"] == "part"}
+    assert standard_rows > 3 * 40 and len(parts) >= standard_rows // 40
+    assert all(p["row_count"] <= 40 for p in parts.values())
+    assert sum(p["row_count"] for p in parts.values()) == standard_rows
+
+    with run.store.engine.connect() as conn:
+        placed = conn.execute(
+            select(s.token_outcomes.c.token_id, s.token_outcomes.c.artifact_id, s.token_outcomes.c.artifact_row)
+            .where(s.token_outcomes.c.run_id == run.run_id, s.token_outcomes.c.node_id == node)
+        ).all()
+    assert len(placed) == standard_rows and len({t for t, _, _ in placed}) == standard_rows
+    assert len({(a, r) for _, a, r in placed}) == standard_rows  # one row per (part, position)
+    assert all(a in parts and 0 <= r < parts[a]["row_count"] for _, a, r in placed)
+
+    merged = Path(quickstart_settings["sinks"]["standard"]["options"]["path"]).read_text().splitlines()
+    assert len(merged) == 1 + standard_rows

@@ -87,3 +87,26 @@ def test_relative_sqlite_urls_mean_the_pipeline_process_directory(tmp_path, monk
     assert absolute_url("sqlite:///audit/l.db") == f"sqlite:///{tmp_path}/audit/l.db"
     assert absolute_url("runs/l.db") == f"sqlite:///{tmp_path}/runs/l.db"
     assert absolute_url("postgresql://u:secret@h/db") == "postgresql://u:secret@h/db"
+
+
+def test_a_large_audit_element_is_written_in_bounded_transactions(tmp_path, monkeypatch):
+    """A sink's part brings 20 000 events in one element; the child must not get them at once."""
+    from elspeth_beam.pipeline import landscape_sink
+
+    sizes: list[int] = []
+
+    class Recording:
+        def submit(self, url, events):
+            sizes.append(len(events))
+            return len(sizes)
+
+        def wait(self, tickets):
+            assert tickets == list(range(1, len(sizes) + 1))
+
+    fn = landscape_sink.WriteLandscapeFn(f"sqlite:///{tmp_path}/l.db")
+    fn.writer = Recording()
+    fn.start_bundle()
+    fn.process(_outcomes(12_345))
+    assert sizes == [5000, 5000]  # submitted while the bundle goes on
+    fn.finish_bundle()
+    assert sizes == [5000, 5000, 2345]
