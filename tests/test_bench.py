@@ -23,3 +23,6 @@ def test_bench_smoke_reports_both_variants_with_equal_outputs():
     assert report["audited"]["audit_rows"] > 2000 * 5  # rows, tokens, states, outcomes, batches…
     assert report["ratio_audited_over_plain"] > 0
     assert report["raw_sqlite_executemany_rows_per_s"] > 0
+    floor = report["database_floor_ratio"]  # max(plain, audit rows at the raw rate) / plain
+    raw_s = report["audited"]["audit_rows"] / report["raw_sqlite_executemany_rows_per_s"]
+    assert floor >= 1 and abs(floor - max(1.0, raw_s / report["plain"]["median_wall_s"])) < 0.01
