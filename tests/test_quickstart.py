@@ -75,9 +75,20 @@ def test_a_sink_writes_bounded_parts_that_merge_to_exactly_its_rows(quickstart_s
     rows keep its memory flat, and each row is recorded in exactly one part, at its position."""
     import json
 
-    from elspeth_beam.pipeline import sink
+    from elspeth_beam.core.events import ArtifactRecorded, OutcomeRecorded
+    from elspeth_beam.landscape.writer_process import AuditWriter
+    from elspeth_beam.pipeline import landscape_sink, sink
 
     monkeypatch.setattr(sink, "PART_ROWS", 40)
+    monkeypatch.setattr(landscape_sink, "_WRITE_EVERY", 50)  # smaller than a part's 81 events
+    submitted: list[list] = []
+    submit = AuditWriter.submit
+
+    def recording(self, url, events):
+        submitted.append(list(events))
+        return submit(self, url, events)
+
+    monkeypatch.setattr(AuditWriter, "submit", recording)
     run = testing.run_for_test(quickstart_settings, tmp_path)
     testing.assert_audit_complete(run)
     standard_rows = run.result.summary["rows_per_sink"]["standard"]
@@ -99,3 +110,10 @@ def test_a_sink_writes_bounded_parts_that_merge_to_exactly_its_rows(quickstart_s
 
     merged = Path(quickstart_settings["sinks"]["standard"]["options"]["path"]).read_text().splitlines()
     assert len(merged) == 1 + standard_rows
+
+    # each part commits whole: its artifact and all of its rows' outcomes in one transaction
+    for batch in submitted:
+        for artifact in (e for e in batch if isinstance(e, ArtifactRecorded) and e.artifact_id in parts):
+            rows_here = sum(isinstance(e, OutcomeRecorded) and e.artifact_id == artifact.artifact_id for e in batch)
+            assert rows_here == artifact.row_count
+    assert sum(isinstance(e, ArtifactRecorded) and e.artifact_id in parts for b in submitted for e in b) == len(parts)

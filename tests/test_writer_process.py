@@ -89,8 +89,9 @@ def test_relative_sqlite_urls_mean_the_pipeline_process_directory(tmp_path, monk
     assert absolute_url("postgresql://u:secret@h/db") == "postgresql://u:secret@h/db"
 
 
-def test_a_large_audit_element_is_written_in_bounded_transactions(tmp_path, monkeypatch):
-    """A sink's part brings 20 000 events in one element; the child must not get them at once."""
+def test_audit_elements_are_batched_into_transactions_but_never_split(tmp_path):
+    """Small elements share a transaction of about 5 000 events; an element is never split, so
+    a sink's part (its artifact and all of its rows' outcomes) commits whole or not at all."""
     from elspeth_beam.pipeline import landscape_sink
 
     sizes: list[int] = []
@@ -106,7 +107,11 @@ def test_a_large_audit_element_is_written_in_bounded_transactions(tmp_path, monk
     fn = landscape_sink.WriteLandscapeFn(f"sqlite:///{tmp_path}/l.db")
     fn.writer = Recording()
     fn.start_bundle()
-    fn.process(_outcomes(12_345))
-    assert sizes == [5000, 5000]  # submitted while the bundle goes on
+    for _ in range(3):
+        fn.process(_outcomes(2000))
+    assert sizes == [4000]  # the third would have made 6 000
+    fn.process(_outcomes(10_001))  # a part of 5 000 rows: one element
+    assert sizes == [4000, 2000, 10_001]
+    fn.process(_outcomes(10))
     fn.finish_bundle()
-    assert sizes == [5000, 5000, 2345]
+    assert sizes == [4000, 2000, 10_001, 10]

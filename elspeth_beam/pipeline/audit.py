@@ -152,6 +152,11 @@ class AuditedDoFn(beam.DoFn):
 
     def audit_if_full(self) -> Iterator[TaggedOutput]:
         if len(self._audit) >= _EMIT_EVERY:
+            yield from self.audit_now()
+
+    def audit_now(self) -> Iterator[TaggedOutput]:
+        """Emit the buffered events as one element (from ``process``; the writer never splits one)."""
+        if self._audit:
             events, self._audit = self._audit, AuditBatch()
             yield TaggedOutput(AUDIT_TAG, events)
 

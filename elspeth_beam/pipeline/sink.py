@@ -5,7 +5,8 @@ only after the part is fsynced and atomically renamed into place, so the Landsca
 claims a row is written that is not. The part's name derives from its token ids: a replayed
 bundle rewrites the same parts. A part holds at most ``PART_ROWS`` rows: the FnApiRunner runs
 a whole batch stage as one bundle, and a sink holding all of it until the bundle ends made
-peak memory grow with the input. When the run ends, ``merge_sink`` joins the recorded parts
+peak memory grow with the input. Each part's events leave as one audit element, which the
+writer commits in one transaction. When the run ends, ``merge_sink`` joins the recorded parts
 into the file the user configured.
 """
 
@@ -29,7 +30,7 @@ from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import SinkPlugin
 
 SinkItem = tuple[str, TokenInfo, "dict[str, Any] | None"]  # (arrival outcome, token, error)
-PART_ROWS = 10_000  # rows per part file at most: bounds a sink's memory within a bundle
+PART_ROWS = 5000  # rows per part file at most: bounds a sink's memory within a bundle
 
 
 class SinkWriteError(ElspethError):
@@ -75,7 +76,7 @@ class SinkDoFn(AuditedDoFn):
             self._items.append(item)
             if len(self._items) >= PART_ROWS:
                 self._write_buffered()
-                yield from self.audit_if_full()
+                yield from self.audit_now()  # the part's events, alone in one element
 
     def finish_bundle(self) -> Iterator[Any]:
         self._write_buffered()
