@@ -26,7 +26,7 @@ from elspeth_beam.core.canonical import canonical_json, stable_hash
 from elspeth_beam.core.enums import NodeType, RunStatus
 from elspeth_beam.core.errors import ElspethError, PipelineFailedError
 from elspeth_beam.landscape import schema as s
-from elspeth_beam.landscape.digest import EVENT_TABLES
+from elspeth_beam.landscape.digest import DIGESTED_IN_PIPELINE_PROCESS, EVENT_TABLES, digest_tables_apart
 from elspeth_beam.landscape.store import LandscapeStore, absolute_url
 from elspeth_beam.landscape.writer_process import AuditWriter, AuditWriterError
 from elspeth_beam.landscape.summary import display_url, render_text, summarize
@@ -171,8 +171,9 @@ def execute_run(
         digesting = _digest_event_tables(store.url, run_id)
         report = verify_run(store, run_id)
         summary = summarize(store, run_id)
+        digested = digest_tables_apart(store.engine, run_id, DIGESTED_IN_PIPELINE_PROCESS)
         status = RunStatus.COMPLETED if report.ok else RunStatus.FAILED
-        store.finish_run(run_id, status.value, {**summary, "verify_problems": report.problems}, digesting())
+        store.finish_run(run_id, status.value, {**summary, "verify_problems": report.problems}, {**digested, **digesting()})
     store.dispose()
     return RunResult(
         run_id=run_id,
@@ -186,11 +187,12 @@ def execute_run(
 
 
 def _digest_event_tables(url: str, run_id: str) -> Callable[[], dict[str, Any]]:
-    """Start digesting the event tables in the writer process, while this one verifies; the
-    returned call waits for their manifest entries. Should the writer fail, ``finish_run``
-    digests them itself (the entries come back empty)."""
+    """Start digesting the writer process's share of the event tables, while this one verifies
+    and digests the rest; the returned call waits for their manifest entries. Should the
+    writer fail, ``finish_run`` digests them itself (the entries come back empty)."""
     writer = AuditWriter.shared()
-    ticket = writer.submit_digest(absolute_url(url), run_id, EVENT_TABLES)
+    theirs = [t for t in EVENT_TABLES if t not in DIGESTED_IN_PIPELINE_PROCESS]
+    ticket = writer.submit_digest(absolute_url(url), run_id, theirs)
 
     def entries() -> dict[str, Any]:
         try:

@@ -22,10 +22,11 @@ from elspeth_beam.core.events import NodeStateRecorded, RowRecorded, TokenCreate
 from elspeth_beam.core.enums import NodeStateStatus
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.digest import (
+    DIGESTED_IN_PIPELINE_PROCESS,
     DIGESTED_TABLES,
     EVENT_TABLES,
     check_digest,
-    digest_tables,
+    digest_tables_apart,
     key_columns,
     record_hash,
     write_digest,
@@ -405,6 +406,16 @@ def test_event_tables_digested_by_the_writer_process_give_the_same_root(finished
     assert set(offloaded) == set(EVENT_TABLES) and "runs" not in offloaded
     with store.engine.begin() as conn:
         assert write_digest(conn, run_id, offloaded) == stored  # its entries kept, the rest added
+
+    # as a run ends: each process digests its share at the same time, committing as it goes
+    theirs = [t for t in EVENT_TABLES if t not in DIGESTED_IN_PIPELINE_PROCESS]
+    ticket = writer.submit_digest(f"sqlite:///{db}", run_id, theirs)
+    mine = digest_tables_apart(store.engine, run_id, DIGESTED_IN_PIPELINE_PROCESS)
+    split = {**mine, **writer.result(ticket)}
+    assert set(split) == set(EVENT_TABLES) and split == offloaded
+    with store.engine.begin() as conn:
+        assert write_digest(conn, run_id, split) == stored
     store.dispose()
     assert _verify(db, run_id).ok
     assert len(_sql(db, "SELECT DISTINCT table_name FROM record_digests")) == len(DIGESTED_TABLES)
+    assert _sql(db, "SELECT COUNT(*) FROM (SELECT table_name, chunk FROM record_digests GROUP BY 1, 2 HAVING COUNT(*) > 1)")[0][0] == 0

@@ -8,8 +8,8 @@ connections. Audit writers hand it batches of events (``submit``) and keep worki
 their bundle finishes they ``wait`` until the child has committed every batch of it. What Beam
 counts as done is therefore in the Landscape, exactly as with writes in-process.
 
-At a run's end the child also digests the event tables (``digest``) while the pipeline
-process verifies the run.
+At a run's end the child also digests most event tables (``digest``) while the pipeline
+process verifies the run and digests the others.
 
 Frames on the pipes are an 8-byte length and a pickle. Requests: ``("write", ticket, url,
 events)``, ``("digest", ticket, url, run_id, tables)`` and ``("release", url)``; replies:
@@ -34,7 +34,7 @@ from typing import IO, Any
 
 from elspeth_beam.core.errors import LandscapeError
 from elspeth_beam.core.events import pack_events, unpack_events
-from elspeth_beam.landscape.digest import digest_tables
+from elspeth_beam.landscape.digest import digest_tables_apart
 from elspeth_beam.landscape.store import WRITE_STATS, LandscapeStore
 
 _HEADER = struct.Struct("<Q")
@@ -94,7 +94,7 @@ class AuditWriter:
         return self._request("write", url, pack_events(events))
 
     def submit_digest(self, url: str, run_id: str, tables: Sequence[str]) -> int:
-        """Have the child digest ``tables`` of a run (``digest.digest_tables``); see ``result``."""
+        """Have the child digest ``tables`` of a run (``digest.digest_tables_apart``); see ``result``."""
         return self._request("digest", url, run_id, list(tables))
 
     def _request(self, kind: str, *args: Any) -> int:
@@ -194,8 +194,7 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
         try:
             store = stores.get(url) or stores.setdefault(url, LandscapeStore(url))
             if message[0] == "digest":
-                with store.engine.begin() as conn:
-                    result = digest_tables(conn, message[3], message[4])
+                result = digest_tables_apart(store.engine, message[3], message[4])
                 _send(replies, (ticket, 0, 0.0, None, result))
                 continue
             store.write_events(unpack_events(message[3]))
