@@ -419,3 +419,17 @@ def test_event_tables_digested_by_the_writer_process_give_the_same_root(finished
     assert _verify(db, run_id).ok
     assert len(_sql(db, "SELECT DISTINCT table_name FROM record_digests")) == len(DIGESTED_TABLES)
     assert _sql(db, "SELECT COUNT(*) FROM (SELECT table_name, chunk FROM record_digests GROUP BY 1, 2 HAVING COUNT(*) > 1)")[0][0] == 0
+
+
+def test_verify_names_a_sink_part_whose_rows_are_placed_elsewhere(finished, tmp_path):
+    """A runner replaying rows in new bundles would record a second part over rows whose
+    outcomes already name the first: the merged file would hold them twice. verify says so."""
+    db, run_id = finished
+    db = _copy(db, tmp_path / "l.db")
+    part = _sql(db, "SELECT artifact_id, sink_node_id, path, row_count FROM artifacts WHERE artifact_kind = 'part' LIMIT 1")[0]
+    assert _verify(db, run_id).ok
+    _sql(db, "INSERT INTO artifacts SELECT 'art_replayed', run_id, sink_node_id, path || '.again', content_hash, size_bytes, "
+             "row_count, artifact_kind, created_at FROM artifacts WHERE artifact_id = ?", part[0])
+    problems = _verify(db, run_id).problems
+    assert any(p.startswith("1 sink part(s) hold rows their outcomes do not place there") and
+               f"art_replayed ({part[3]} rows, 0 placed)" in p for p in problems), problems

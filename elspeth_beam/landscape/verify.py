@@ -8,6 +8,9 @@
    through token_parents, an aggregated output's parents are exactly its batch's members,
    and every reference between records names a record of the same run — event tables have
    no foreign keys, since events land in any order;
+6. every sink part holds exactly the rows whose outcomes place them there — a part recorded
+   again with other boundaries (a runner replaying rows in new bundles) would put rows into
+   the merged file twice;
 and the run's records still match the digest written when it finished (landscape/digest.py).
 """
 
@@ -134,7 +137,7 @@ def verify_run(store: LandscapeStore, run_id: str, *, expected_digest: str | Non
             report.problems.append(
                 f"{len(unlinked)} batch(es) lack a flush node_state at their aggregation node: {_examples(unlinked)}"
             )
-        report.problems += _lineage(conn, run_id) + _references(conn, run_id)
+        report.problems += _lineage(conn, run_id) + _parts(conn, run_id) + _references(conn, run_id)
         digest = check_digest(conn, run, expected_digest)
     report.digest = digest
     report.problems += digest.problems + _digest_problems(digest)
@@ -175,6 +178,29 @@ def _lineage(conn: Connection, run_id: str) -> list[str]:
             f"(batch/token): {_examples(wrong)}"
         )
     return problems
+
+
+def _parts(conn: Connection, run_id: str) -> list[str]:
+    """Invariant 6: a part's row count equals the outcomes that name it."""
+    a, o = s.artifacts, s.token_outcomes
+    placed = (
+        select(o.c.artifact_id, func.count().label("n"))
+        .where(o.c.run_id == run_id, o.c.artifact_id.is_not(None))
+        .group_by(o.c.artifact_id)
+        .subquery()
+    )
+    n = func.coalesce(placed.c.n, 0)
+    off = conn.execute(
+        select(a.c.artifact_id, a.c.row_count, n)
+        .outerjoin(placed, placed.c.artifact_id == a.c.artifact_id)
+        .where(a.c.run_id == run_id, a.c.artifact_kind == "part", a.c.row_count != n)
+        .order_by(a.c.artifact_id)
+    ).all()
+    if not off:
+        return []
+    examples = [f"{art} ({rows} rows, {placed_n} placed)" for art, rows, placed_n in off]
+    return [f"{len(off)} sink part(s) hold rows their outcomes do not place there, so the merged file may repeat "
+            f"or lack rows: {_examples(examples)}"]
 
 
 # (table, column, table it names, column there): references checked within the run
