@@ -41,23 +41,21 @@ class WriteLandscapeFn(beam.DoFn):
         self._tickets: list[int] = []
 
     def process(self, events: Sequence[AuditEvent]) -> None:
-        if self._buffer and len(self._buffer) + len(events) > _WRITE_EVERY:
-            self._submit(self._buffer)
-            self._buffer = []
+        if len(self._buffer) + len(events) > _WRITE_EVERY:
+            self._submit()  # what is buffered goes first: this element is not split
         self._buffer.extend(events)
         if len(self._buffer) >= _WRITE_EVERY:
-            self._submit(self._buffer)
-            self._buffer = []
+            self._submit()
 
     def finish_bundle(self) -> None:
-        if self._buffer:
-            self._submit(self._buffer)
-            self._buffer = []
+        self._submit()
         tickets, self._tickets = self._tickets, []
         self.writer.wait(tickets)
 
-    def _submit(self, events: list[AuditEvent]) -> None:
-        self._tickets.append(self.writer.submit(self.url, events))
+    def _submit(self) -> None:
+        if self._buffer:
+            self._tickets.append(self.writer.submit(self.url, self._buffer))
+            self._buffer = []
 
     def teardown(self) -> None:
         writer = getattr(self, "writer", None)
