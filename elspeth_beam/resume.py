@@ -128,8 +128,29 @@ def plan_restore(store: LandscapeStore, run_id: str) -> tuple[PipelineRestore, l
         done_tokens=frozenset(terminal),
         aggregations=aggregations,
         reemit={node: tuple(ts) for node, ts in reemit.items()},
+        rediverted=_members_to_redivert(store, run_id, batches, members, token_json, terminal),
     )
     return restore, closing
+
+
+def _members_to_redivert(store: LandscapeStore, run_id: str, batches: dict[str, Any], members: dict[str, list[dict[str, Any]]],
+                         token_json: dict[str, str | None], terminal: set[str]) -> dict[str, tuple[tuple[TokenInfo, dict[str, Any]], ...]]:
+    """Members of failed flushes still without a terminal outcome, with the flush's error: they
+    were on their way to the node's error sink when the process died. (A flush whose node
+    quarantines or fails records their outcomes with the failed batch, in one transaction.)"""
+    failed = [b for b in batches.values()
+              if b["status"] == BatchStatus.FAILED.value and b["trigger_type"] != TriggerType.INTERRUPTED.value]
+    if not failed:
+        return {}
+    errors = {st["state_id"]: st["error_json"] for st in store.table_rows(s.node_states, run_id) if st["batch_id"]}
+    rediverted: dict[str, list[tuple[TokenInfo, dict[str, Any]]]] = defaultdict(list)
+    for b in sorted(failed, key=lambda b: (b["sequence"], b["attempt"], b["batch_id"])):
+        stranded = [m for m in members[b["batch_id"]] if m["token_id"] not in terminal]
+        if stranded:
+            error = json.loads(errors.get(b["aggregation_state_id"]) or "{}")
+            for token in _restore_members(b, stranded, token_json):
+                rediverted[b["aggregation_node_id"]].append((token, error))
+    return {node: tuple(pairs) for node, pairs in rediverted.items()}
 
 
 def _outputs_to_reemit(store: LandscapeStore, run_id: str, batches: dict[str, Any], ended: set[str]) -> dict[str, list[TokenInfo]]:

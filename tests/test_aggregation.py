@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import math
 import random
+import sqlite3
 import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -584,6 +585,53 @@ def test_failed_flush_is_recorded_and_members_get_one_terminal_outcome(tmp_path,
     assert sorted((b["key"], b["sequence"]) for b in ok) == [(gkey("a"), 0), (gkey("a"), 2), (gkey("b"), 0)]
     out_lines = [json.loads(line) for line in Path(settings["sinks"]["out"]["options"]["path"]).read_text().splitlines()]
     assert sorted((r["k"], r["n"], r["v_sum"]) for r in out_lines) == [("a", 1, 9), ("a", 3, 3), ("b", 3, 20)]
+
+
+def test_resume_sends_a_failed_flushs_members_on_to_the_error_sink_they_never_reached(tmp_path, user_plugins):
+    """A crash after a failed flush committed, before its members reached the error sink: the
+    Landscape holds the failed batch and the members' ``buffered`` checkpoints, but no terminal
+    outcome for them and no part of the sink. Resume sends each member on with the flush's
+    error, exactly once, and the run verifies."""
+    from elspeth_beam.landscape.verify import verify_run
+    from elspeth_beam.resume import resume_run
+
+    settings = agg_settings(tmp_path, BOOM_ROWS, plugin="agg_plugins_for_tests.Boom", options={}, count=3, on_error="rejects")
+    result, _ = run(settings, tmp_path)
+    run_id, db = result.run_id, Path(result.result.landscape_url.removeprefix("sqlite:///"))
+    rejects, out = (Path(settings["sinks"][n]["options"]["path"]) for n in ("rejects", "out"))
+    out_before = out.read_text()
+    result.store.dispose()
+
+    # what the crash left: the rejects sink never wrote, and nothing after the pipeline happened
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("DELETE FROM token_outcomes WHERE node_id = 'sink:rejects'")
+        con.execute("DELETE FROM node_states WHERE node_id = 'sink:rejects'")
+        con.execute("DELETE FROM artifacts WHERE sink_node_id = 'sink:rejects' OR artifact_kind = 'merged'")
+        con.execute("DELETE FROM record_digests")
+        con.execute("UPDATE runs SET status = 'running', completed_at = NULL, digest_root = NULL, digest_manifest = NULL")
+    con.close()
+    for part in rejects.parent.glob(f"{rejects.name}.parts/*/*"):
+        part.unlink()
+    rejects.unlink()
+    store = LandscapeStore(f"sqlite:///{db}")
+    assert "3 token(s) have no terminal outcome" in " ".join(verify_run(store, run_id).problems)
+
+    resumed = resume_run(store, run_id)
+    assert resumed.report.ok, resumed.report.text()
+    with rejects.open(newline="") as handle:
+        rejected = list(csv.DictReader(handle))
+    assert sorted(int(r["id"]) for r in rejected) == [3, 4, 6]
+    assert all(r["_error"] == "refusing a batch with bad rows [4]" and r["_error_node"] == AGG for r in rejected)
+    assert resumed.summary["rows_per_sink"]["rejects"] == 3
+    assert out.read_text() == out_before
+    audit = Audit.load(testing.TestRun(resumed, store, None))
+    (bad,) = [b for b in audit.batches.values() if b["status"] == "failed"]
+    for t in audit.members[bad["batch_id"]]:
+        (term,) = audit.terminal(t)
+        assert (term["outcome"], term["node_id"]) == ("quarantined", "sink:rejects")
+        assert json.loads(term["error_json"])["type"] == "BoomError"
+    store.dispose()
 
 
 # ---- 5. Beam bundle retries ---------------------------------------------------------------

@@ -128,6 +128,10 @@ def apply_graph(
         if node.error_sink:
             errors = outputs[ERROR_TAG] | f"{label} errors to {node.error_sink}" >> beam.Map(_error_to_sink_item)
             sink_inputs[node.error_sink].append(errors)
+            stranded = restore.rediverted.get(node.node_id)
+            if stranded:  # resume: members of failed flushes that died on their way to the error sink
+                again = pipeline | f"{label} re-diverted" >> beam.Create(list(stranded))
+                sink_inputs[node.error_sink].append(again | f"{label} re-diverted to {node.error_sink}" >> beam.Map(_error_to_sink_item))
 
     return BuiltPipeline(audit_streams=audits)
 

@@ -2,12 +2,14 @@
 
 Plain, picklable data handed to the nodes: which source rows are already settled, which
 tokens sinks already wrote, and per aggregation the batch sequence to continue from and the
-interrupted batches to retry (with their full member tokens, in ordinal order).
+interrupted batches to retry (with their full member tokens, in ordinal order), and the
+members of failed flushes still to reach an error sink.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from elspeth_beam.core.errors import ElspethError
 from elspeth_beam.core.tokens import TokenInfo
@@ -47,3 +49,5 @@ class PipelineRestore:
     done_tokens: frozenset[str] = frozenset()  # tokens with a terminal outcome: sinks skip them
     aggregations: dict[str, AggregationRestore] = field(default_factory=dict)  # by node_id
     reemit: dict[str, tuple[TokenInfo, ...]] = field(default_factory=dict)  # node_id → flushed outputs that went no further
+    # node_id → members of failed flushes (with the flush's error) that never reached the node's error sink
+    rediverted: dict[str, tuple[tuple[TokenInfo, dict[str, Any]], ...]] = field(default_factory=dict)
