@@ -17,6 +17,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import select
+
 from elspeth_beam.config.loader import LoadedPipeline, load_settings_dict
 from elspeth_beam.config.secrets import KEY_ENV, Fingerprinter, SecretsRecorded
 from elspeth_beam.core import ids
@@ -142,12 +144,21 @@ def _members_to_redivert(store: LandscapeStore, run_id: str, batches: dict[str, 
               if b["status"] == BatchStatus.FAILED.value and b["trigger_type"] != TriggerType.INTERRUPTED.value]
     if not failed:
         return {}
-    errors = {st["state_id"]: st["error_json"] for st in store.table_rows(s.node_states, run_id) if st["batch_id"]}
+    ns, bt = s.node_states, s.batches
+    with store.engine.connect() as conn:  # only the failed flushes' states: a run has millions of states
+        errors = dict(conn.execute(
+            select(ns.c.state_id, ns.c.error_json)
+            .join(bt, bt.c.aggregation_state_id == ns.c.state_id)
+            .where(bt.c.run_id == run_id, bt.c.status == BatchStatus.FAILED.value)
+        ).all())
     rediverted: dict[str, list[tuple[TokenInfo, dict[str, Any]]]] = defaultdict(list)
     for b in sorted(failed, key=lambda b: (b["sequence"], b["attempt"], b["batch_id"])):
         stranded = [m for m in members[b["batch_id"]] if m["token_id"] not in terminal]
         if stranded:
-            error = json.loads(errors.get(b["aggregation_state_id"]) or "{}")
+            recorded = errors.get(b["aggregation_state_id"])
+            error = json.loads(recorded) if recorded else {
+                "type": "FailedFlush", "node_id": b["aggregation_node_id"], "traceback": [],
+                "message": f"batch {b['batch_id']} failed; its flush's error is not in the Landscape"}
             for token in _restore_members(b, stranded, token_json):
                 rediverted[b["aggregation_node_id"]].append((token, error))
     return {node: tuple(pairs) for node, pairs in rediverted.items()}
