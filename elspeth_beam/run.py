@@ -190,18 +190,26 @@ def _digest_event_tables(url: str, run_id: str) -> Callable[[], dict[str, Any]]:
     """Start digesting the writer process's share of the event tables, while this one verifies
     and digests the rest; the returned call waits for their manifest entries. Should the
     writer fail, ``finish_run`` digests them itself (the entries come back empty)."""
-    writer = AuditWriter.shared()
     theirs = [t for t in EVENT_TABLES if t not in DIGESTED_IN_PIPELINE_PROCESS]
-    ticket = writer.submit_digest(absolute_url(url), run_id, theirs)
+    try:
+        writer = AuditWriter.shared()
+        ticket = writer.submit_digest(absolute_url(url), run_id, theirs)
+    except AuditWriterError as exc:  # gone already: the request itself fails
+        fallback = _in_this_process(exc)
+        return lambda: fallback
 
     def entries() -> dict[str, Any]:
         try:
             return writer.result(ticket)
         except AuditWriterError as exc:
-            logging.getLogger(__name__).warning("digesting in this process instead: %s", exc)
-            return {}
+            return _in_this_process(exc)
 
     return entries
+
+
+def _in_this_process(exc: AuditWriterError) -> dict[str, Any]:
+    logging.getLogger(__name__).warning("digesting in this process instead: %s", exc)
+    return {}
 
 
 @contextmanager

@@ -433,3 +433,21 @@ def test_verify_names_a_sink_part_whose_rows_are_placed_elsewhere(finished, tmp_
     problems = _verify(db, run_id).problems
     assert any(p.startswith("1 sink part(s) hold rows their outcomes do not place there") and
                f"art_replayed ({part[3]} rows, 0 placed)" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("when", ["at submit", "at result"])
+def test_a_run_digests_in_its_own_process_when_the_writer_cannot(tmp_path, monkeypatch, when):
+    """The writer process's share of the digest falls back to this process, whether the
+    writer is gone before the request or fails it: the run still finishes with a digest."""
+    from elspeth_beam.landscape.writer_process import AuditWriter, AuditWriterError
+
+    def gone(*_args, **_kwargs):
+        raise AuditWriterError("the audit writer process exited (code -9)")
+
+    monkeypatch.setattr(AuditWriter, "submit_digest" if when == "at submit" else "result", gone)
+    run = testing.run_for_test(_settings(tmp_path), tmp_path)
+    testing.assert_audit_complete(run)
+    db = tmp_path / "landscape.db"
+    assert _sql(db, "SELECT digest_root IS NOT NULL FROM runs")[0][0] == 1
+    assert len(_sql(db, "SELECT DISTINCT table_name FROM record_digests")) == len(DIGESTED_TABLES)
+    run.store.dispose()

@@ -370,9 +370,10 @@ class LandscapeStore:
 
     def finish_run(self, run_id: str, status: str, summary: dict[str, Any],
                    digested: dict[str, dict[str, Any]] | None = None) -> None:
-        """Mark the run finished and, in the same transaction, digest all its records
-        (landscape/digest.py), so verify can tell later edits from what the run wrote.
-        ``digested``: manifest entries of tables the writer process digested already."""
+        """Mark the run finished and, in the same transaction, digest its records and store the
+        manifest (landscape/digest.py), so verify can tell later edits from what the run wrote.
+        ``digested``: manifest entries of tables digested already (``digest_tables_apart``, by
+        this process and the writer process); the rest are digested here."""
         from elspeth_beam.landscape.digest import write_digest
 
         with self.engine.begin() as conn:

@@ -157,13 +157,15 @@ class AuditedDoFn(beam.DoFn):
     def audit_now(self) -> Iterator[TaggedOutput]:
         """Emit the buffered events as one element (from ``process``; the writer never splits one)."""
         if self._audit:
-            events, self._audit = self._audit, AuditBatch()
-            yield TaggedOutput(AUDIT_TAG, events)
+            yield TaggedOutput(AUDIT_TAG, self._take_audit())
 
     def finish_bundle(self) -> Iterator[TaggedOutput]:
         if self._audit:
-            events, self._audit = self._audit, AuditBatch()
-            yield TaggedOutput(AUDIT_TAG, WindowedValue(events, MIN_TIMESTAMP, [GlobalWindow()]))
+            yield TaggedOutput(AUDIT_TAG, WindowedValue(self._take_audit(), MIN_TIMESTAMP, [GlobalWindow()]))
+
+    def _take_audit(self) -> AuditBatch:
+        events, self._audit = self._audit, AuditBatch()
+        return events
 
     # ---- the audited executor -----------------------------------------------------------
 
