@@ -28,6 +28,7 @@ from elspeth_beam.core.tokens import TokenInfo
 from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, row_hash
 from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import SinkPlugin
+from elspeth_beam.plugins.sinks import leftover_temps
 
 SinkItem = tuple[str, TokenInfo, "dict[str, Any] | None"]  # (arrival outcome, token, error)
 PART_ROWS = 5000  # rows per part file at most: bounds a sink's memory within a bundle
@@ -131,10 +132,18 @@ class SinkDoFn(AuditedDoFn):
             )
 
 
+def remove_leftover_temps(sink_path: Path, run_id: str) -> None:
+    """Delete the temp files of part (or merge) writes a killed process left: no outcome
+    points at them, and no writer of the run is left to finish them once its pipeline ended."""
+    for leftover in [*leftover_temps(parts_dir(sink_path, run_id)), *leftover_temps(sink_path.parent, sink_path.name)]:
+        leftover.unlink(missing_ok=True)
+
+
 def merge_sink(plugin: SinkPlugin, parts: list[dict[str, Any]], run_id: str, node_id: str) -> ArtifactRecorded:
     """Join a sink's recorded parts (in path order) into its configured file."""
     ordered = sorted(parts, key=lambda a: a["path"])
     target = plugin.path()
+    remove_leftover_temps(target, run_id)
     plugin.merge([Path(a["path"]) for a in ordered], target)
     content_hash = file_digest(target)
     return ArtifactRecorded(

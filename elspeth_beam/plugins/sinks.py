@@ -7,6 +7,7 @@ run ends, merges the parts the Landscape recorded into the file the user asked f
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 from pathlib import Path
@@ -19,14 +20,32 @@ class FileSinkOptions(PluginOptions):
     path: str
 
 
+def temp_name(target: Path) -> Path:
+    """Where ``durable_write`` writes ``target`` before the rename (hidden, per process)."""
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}")
+
+
+def leftover_temps(folder: Path, of: str | None = None) -> list[Path]:
+    """Temp files in ``folder`` (of the file named ``of``, else of any) that killed writers left."""
+    pattern = "*" if of is None else glob.escape(of)
+    return sorted(folder.glob(f".{pattern}.tmp-*")) if folder.is_dir() else []
+
+
 def durable_write(target: Path, write: Any) -> None:
-    """Write via ``write(tmp_path)`` to a temp name, fsync, then atomically rename to ``target``."""
+    """Write via ``write(tmp_path)`` to a temp name, fsync, then atomically rename to ``target``.
+
+    A write that raises removes its temp file; one a kill interrupts leaves it, for the
+    run's merge to remove (``leftover_temps``) — ``target`` is only ever whole or absent."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    write(tmp)
-    with tmp.open("rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    tmp = temp_name(target)
+    try:
+        write(tmp)
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
