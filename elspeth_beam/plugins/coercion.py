@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from typing import Any, Callable
 
 from elspeth_beam.core.errors import RowError
 
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _to_int(v: Any) -> int:
@@ -96,3 +98,36 @@ def coerce_row(row: dict[str, Any], schema: dict[str, str]) -> dict[str, Any]:
         except (ValueError, TypeError) as exc:
             raise RowError(f"field {field!r}: cannot coerce {value!r} to {base}: {exc}") from None
     return out
+
+
+def check_json_values(row: dict[str, Any]) -> None:
+    """Raise RowError naming the first field whose value has no canonical JSON form.
+
+    Sources whose parser can produce NaN, Infinity, lone surrogates or non-JSON types check
+    here, so the quarantine reason is one line naming the field — not the token model's
+    multi-line validation error later."""
+    for field, value in row.items():
+        _check_json_value(value, field)
+
+
+def _check_json_value(value: Any, path: str) -> None:
+    if isinstance(value, str):
+        if not value.isascii() and (found := _LONE_SURROGATE.search(value)):
+            raise RowError(f"field {path!r} holds a lone surrogate ({found.group()!r}), which has no UTF-8 form")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            name = "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+            raise RowError(f"field {path!r}: {name} has no canonical form (use null or a finite number)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise RowError(f"field {path!r} has a non-string key {key!r}")
+            _check_json_value(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for position, item in enumerate(value):
+            _check_json_value(item, f"{path}[{position}]")
+    elif value is not None and not isinstance(value, int):  # bool is an int
+        raise RowError(
+            f"field {path!r} holds a {type(value).__name__}; row values must be JSON types "
+            "(str, int, float, bool, null, list, object)"
+        )
