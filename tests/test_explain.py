@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import text
 from conftest import QUICKSTART, REPO, retarget
 
 from elspeth_beam import testing
@@ -221,3 +222,63 @@ def test_cli_explain_json_and_missing_row(qs):
     assert "Traceback" not in missing.stderr
     assert "has no row with index 4000" in missing.stderr
     assert missing.stdout == ""
+
+
+# ---- an aggregated output: every member row and the flush --------------------------------
+
+ROLLUP = "aggregation:rollup"
+
+
+@pytest.fixture(scope="module")
+def rolled_up(tmp_path_factory):
+    """11 rows, keys a/b alternating, ``v = 2**id``, summed per key in batches of 3: a totals
+    line's ``v_sum`` spells out, bit by bit, exactly which rows it summed."""
+    tmp = tmp_path_factory.mktemp("explain-agg")
+    source = tmp / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "k": "ab"[i % 2], "v": 2**i}) + "\n" for i in range(11)))
+    settings = {
+        "source": {"plugin": "jsonl", "on_success": "raw", "options": {"path": str(source)}},
+        "aggregations": [{"name": "rollup", "plugin": "batch_stats", "input": "raw", "on_success": "totals",
+                          "on_error": "quarantine", "group_by": ["k"], "trigger": {"count": 3},
+                          "output_mode": "single", "options": {"fields": ["v"], "stats": ["count", "sum"]}}],
+        "sinks": {"totals": {"plugin": "jsonl", "options": {"path": str(tmp / "out" / "totals.jsonl")}}},
+    }
+    run = testing.run_for_test(settings, tmp)
+    testing.assert_audit_complete(run)
+    lines = [json.loads(line) for line in (tmp / "out" / "totals.jsonl").read_text().splitlines()]
+    return run, lines
+
+
+def test_an_aggregated_sink_line_names_every_member_row_and_the_flush(rolled_up):
+    run, lines = rolled_up
+    assert len(lines) == 4  # a: 0 2 4 | 6 8 10, b: 1 3 5 | 7 9
+    with run.store.engine.connect() as conn:  # plain SQL, independent of explain
+        flush_of = dict(conn.execute(text("SELECT batch_id, aggregation_state_id FROM batches")).all())
+        ordinal_order: dict[str, list[int]] = {}
+        for batch_id, row_index in conn.execute(text(
+            "SELECT m.batch_id, r.row_index FROM batch_members m JOIN tokens t ON t.token_id = m.token_id "
+            "JOIN rows r ON r.row_id = t.row_id ORDER BY m.batch_id, m.ordinal")):
+            ordinal_order.setdefault(batch_id, []).append(row_index)
+
+    for n, line in enumerate(lines, start=1):
+        summed = sorted(i for i in range(11) if line["v_sum"] >> i & 1)  # the rows this line is made of
+        assert len(summed) == line["v_count"] and {"ab"[i % 2] for i in summed} == {line["k"]}
+        e = explain.explain_token(run.store, run.run_id, explain.token_at_sink_line(run.store, run.run_id, "totals", n))
+        assert [r["row_index"] for r in e["source_rows"]] == summed
+        batch_id = e["token"]["produced_by_batch"]
+        (b,) = [b for b in e["batches"] if b["batch_id"] == batch_id]
+        assert b["node_id"] == ROLLUP and b["status"] == "completed"
+        assert sorted(m["row_index"] for m in b["members"]) == summed, f"line {n}: every member row, no other"
+        assert [m["ordinal"] for m in b["members"]] == list(range(len(summed)))
+        assert [m["row_index"] for m in b["members"]] == ordinal_order[batch_id]
+        assert [m["token_id"] for m in b["members"]] == e["token"]["parent_ids"]
+        flush = b["flush_state"]
+        assert flush is not None and flush["state_id"] == flush_of[batch_id]
+        assert (flush["node_id"], flush["status"], flush["error"]) == (ROLLUP, "completed", None)
+        assert b["trigger_type"] == ("count" if len(summed) == 3 else "end_of_source")
+
+        rendered = explain.render_text(e)
+        listed = ", ".join(f"#{i} row {r}" for i, r in enumerate(ordinal_order[batch_id]))
+        assert f"    members ({len(summed)}): {listed}" in rendered.splitlines()
+        assert any(ln.startswith(f"    flush {ROLLUP}") and " completed " in ln for ln in rendered.splitlines()), text
+        assert "source rows: " + ", ".join(map(str, summed)) in rendered
