@@ -7,10 +7,18 @@ hashes — from a flush of the original, never-encoded tokens (DESIGN §2, §5, 
 A corrupt restore (rows without tokens, a token twice, another run's token, a count that
 disagrees with the bag) must stop with a RestoredStateError that names the batch and says
 what to do — never an IndexError deep inside the flush.
+And resume restores the members of a flush that failed while they were on their way to the
+error sink: a real crash there, then ``resume``, puts each in the error sink once.
 """
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,6 +43,7 @@ from elspeth_beam.pipeline.audit import AUDIT_TAG, NodeContext
 from elspeth_beam.pipeline.restore import RestoredStateError
 
 from fake_state import FakeBag, FakeCount, FakeTimer, FakeValue
+from resume_helpers import REPO, TESTS_DIR, cli, read_jsonl, sql, write_jsonl, write_yaml
 
 RUN = "run-restore-test"
 SOURCE = "source:source"
@@ -278,3 +287,85 @@ def test_empty_state_flushes_nothing() -> None:
     state = key_state([], 0)
     assert list(dofn._flush(state, TriggerType.END_OF_SOURCE, "end of source")) == []
     assert dofn._audit == [] and state.sequence.value == SEQ
+
+
+# ---- resume re-diverts a failed flush's members (README "Crash and resume") ---------------------
+
+# the first rejects part waits until the failed flush is committed, then the process dies (a real
+# crash: os._exit, nothing flushed): the members are on their way to the error sink, never there
+_KILL_BEFORE_REJECTS = """
+import os, sqlite3, sys, time
+import elspeth_beam.pipeline.audit as au, elspeth_beam.pipeline.landscape_sink as ls
+from elspeth_beam.pipeline import sink
+au._EMIT_EVERY = ls._WRITE_EVERY = 1  # audit leaves each node at once, so the flush commits first
+db, real_write = sys.argv[1], sink.SinkDoFn._write_part
+
+def write_part(self, items):
+    if self.sink_name != "rejects":
+        return real_write(self, items)
+    for _ in range(600):
+        with sqlite3.connect(db) as con:
+            if con.execute("SELECT COUNT(*) FROM batches WHERE status = 'failed'").fetchone()[0]:
+                os._exit(137)
+        time.sleep(0.05)
+    sys.stderr.write("the failed flush never committed\\n")
+    os._exit(3)
+
+sink.SinkDoFn._write_part = write_part
+from elspeth_beam.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+BOOM_ROWS = [{"id": i, "k": k, "v": i, "bad": i == 4} for i, k in enumerate("aaaaababba")]
+# key a: ids 0 1 2 | 3 4 6 (4 is bad: Boom refuses the batch) | 9 (end of source);  key b: 5 7 8
+BOOM_MESSAGE = "refusing a batch with bad rows [4]"
+
+
+def _python(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "ELSPETH_FAULT"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
+    return subprocess.run([sys.executable, *args], cwd=tempfile.gettempdir(), env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_resume_sends_a_failed_flushs_stranded_members_to_the_error_sink_exactly_once(tmp_path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", BOOM_ROWS)
+    out, db = tmp_path / "out", tmp_path / "landscape.db"
+    settings = write_yaml(tmp_path / "pipeline.yaml", {
+        "source": {"plugin": "jsonl", "on_success": "raw", "options": {"path": str(source)}},
+        "aggregations": [{"name": "agg", "plugin": "agg_plugins_for_tests.Boom", "input": "raw", "on_success": "out",
+                          "on_error": "rejects", "group_by": ["k"], "trigger": {"count": 3}, "output_mode": "single",
+                          "options": {}}],
+        "sinks": {"out": {"plugin": "jsonl", "options": {"path": str(out / "out.jsonl")}},
+                  "rejects": {"plugin": "csv", "options": {"path": str(out / "rejects.csv")}}},
+    })
+    crash = _python("-c", _KILL_BEFORE_REJECTS, str(db), "run", str(settings), "--landscape-url", f"sqlite:///{db}",
+                    "--run-id", "rid")
+    assert crash.returncode == 137, crash.stderr
+
+    # what the crash left: the failed flush with its error, its members buffered but ended nowhere
+    ((bad_batch, state_id),) = sql(db, "SELECT batch_id, aggregation_state_id FROM batches WHERE status = 'failed'")
+    ((error_json,),) = sql(db, "SELECT error_json FROM node_states WHERE state_id = ?", state_id)
+    assert json.loads(error_json)["message"] == BOOM_MESSAGE
+    members = [t for (t,) in sql(db, "SELECT token_id FROM batch_members WHERE batch_id = ? ORDER BY ordinal", bad_batch)]
+    assert len(members) == 3
+    marks = ",".join("?" * len(members))
+    assert sql(db, f"SELECT COUNT(*) FROM token_outcomes WHERE is_terminal AND token_id IN ({marks})", *members) == [(0,)]
+    assert sql(db, "SELECT COUNT(*) FROM artifacts WHERE sink_node_id = 'sink:rejects'") == [(0,)]
+
+    resume = cli("resume", "rid", "--landscape-url", f"sqlite:///{db}")
+    assert resume.code == 0, resume
+    assert "verify     OK" in resume.stdout, resume
+
+    with (out / "rejects.csv").open(newline="") as handle:
+        rejected = list(csv.DictReader(handle))
+    assert sorted(int(r["id"]) for r in rejected) == [3, 4, 6]  # each member once, no other row
+    assert all((r["_error"], r["_error_node"]) == (BOOM_MESSAGE, "aggregation:agg") for r in rejected)
+    for token_id in members:
+        ((outcome, node, sink_name, outcome_error),) = sql(
+            db, "SELECT outcome, node_id, sink_name, error_json FROM token_outcomes WHERE token_id = ? AND is_terminal",
+            token_id)
+        assert (outcome, node, sink_name) == ("quarantined", "sink:rejects", "rejects")
+        assert json.loads(outcome_error) == json.loads(error_json)  # the flush's own error
+    totals = sorted((r["k"], r["n"], r["v_sum"]) for r in read_jsonl(out / "out.jsonl"))
+    assert totals == [("a", 1, 9), ("a", 3, 3), ("b", 3, 20)]  # the other batches, once each
