@@ -14,12 +14,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from elspeth_beam.core.errors import ElspethError, PipelineFailedError, SettingsError
+from elspeth_beam.core.errors import ElspethError, PipelineFailedError, RunInterruptedError, SettingsError
 
 if TYPE_CHECKING:
     from elspeth_beam.run import RunResult
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # 130: 128 + SIGINT, as shells report Ctrl-C
 DEFAULT_LANDSCAPE = "runs/landscape.db"
 
 
@@ -27,9 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="elspeth-beam", description="Auditable Apache Beam pipelines.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a pipeline; Beam options may follow (e.g. --runner X) or come after --")
+    run = sub.add_parser("run", help="run a pipeline; Beam options may follow (e.g. --runner X); any after -- go to Beam unchecked")
     run.add_argument("settings", help="pipeline YAML")
-    run.add_argument("--landscape-url", help="SQLAlchemy URL or SQLite path of the audit database")
+    run.add_argument("--landscape-url", "-l", help="SQLAlchemy URL or SQLite path of the audit database")
     run.add_argument("--run-id", help="use this run id (default: generated)")
     _output_args(run)
 
@@ -131,9 +131,10 @@ def _report_result(result: RunResult, args: argparse.Namespace) -> int:
         print(json.dumps(result.as_json()))
     elif not args.quiet:
         print(result.text())
-    elif not result.report.ok:
-        print(f"elspeth-beam: run {result.run_id} failed verification: {'; '.join(result.report.problems)}", file=sys.stderr)
-    return EXIT_OK if result.report.ok else EXIT_FAILED
+    elif result.reason:
+        problems = "".join(f"; {p}" for p in result.report.problems)
+        print(f"elspeth-beam: run {result.run_id} failed: {result.reason}{problems}", file=sys.stderr)
+    return EXIT_OK if result.reason is None else EXIT_FAILED
 
 
 def _run_store(args: argparse.Namespace):
@@ -153,8 +154,12 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from elspeth_beam.config.loader import load_settings
+    from elspeth_beam.config.preflight import all_problems
 
     loaded = load_settings(args.settings)
+    problems = all_problems(loaded)
+    if problems:
+        raise SettingsError(problems)
     names = " → ".join(n.name for n in loaded.graph.nodes)
     print(f"{args.settings}: OK ({len(loaded.graph.nodes)} nodes: {names})")
     return EXIT_OK
@@ -272,20 +277,65 @@ def _quiet_beam_import_noise(record: logging.LogRecord) -> bool:
     return "apitools not found" not in record.getMessage()
 
 
+class _BeamOptionError(Exception):
+    """Beam's option parser rejected a value (it would otherwise print its usage and exit)."""
+
+
+def unknown_beam_args(args: Sequence[str]) -> list[str]:
+    """The arguments no registered Beam ``PipelineOptions`` class knows: those Beam would drop
+    with "Discarding unparseable args" and run on without. Parsed as Beam parses them
+    (``PipelineOptions.get_all_options``); a bad value raises ``_BeamOptionError``."""
+    import apache_beam  # noqa: F401  (registers every options class a run would see)
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    class Parser(_BeamArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            if not message.startswith("ambiguous option: "):  # Beam ignores these too
+                raise _BeamOptionError(message)
+
+    parser = Parser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001  (Beam's own way to collect its options)
+    return parser.parse_known_args(list(args))[1]
+
+
+def _beam_args(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: list[str], extra: list[str]) -> list[str]:
+    """What goes to Beam: arguments before ``--`` only if Beam knows them, all after it."""
+    if args.command not in ("run", "resume"):
+        if unknown or extra:
+            parser.error(f"unrecognized arguments: {' '.join(unknown + extra)}")
+        return []
+    try:
+        rejected = unknown_beam_args(unknown)
+    except _BeamOptionError as exc:
+        parser.error(f"Beam option: {exc}")
+    if rejected:
+        parser.error(f"{args.command}: unrecognized arguments (neither elspeth-beam's nor Beam's): {' '.join(rejected)}; "
+                     "put options only your runner knows after --")
+    return unknown + extra
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger().addFilter(_quiet_beam_import_noise)
+    for handler in logging.getLogger().handlers:  # Beam's own loggers propagate here, past logger filters
+        handler.addFilter(_no_interrupt_traceback)
+
+
+def _no_interrupt_traceback(record: logging.LogRecord) -> bool:
+    """Beam logs a DoFn's KeyboardInterrupt with its traceback; Ctrl-C gets one line instead."""
+    from elspeth_beam.run import _is_interrupt
+
+    return not (record.exc_info and record.exc_info[1] is not None and _is_interrupt(record.exc_info[1]))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    if "--" in argv:
-        split = argv.index("--")
-        argv, extra = argv[:split], argv[split + 1 :]
-        args, unknown = parser.parse_known_args(argv)
-        beam_args = unknown + extra
-    else:
-        args, beam_args = parser.parse_known_args(argv)
-    if beam_args and args.command not in ("run", "resume"):
-        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger().addFilter(_quiet_beam_import_noise)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, unknown = parser.parse_known_args(argv[:split])
+    _setup_logging()
+    beam_args = _beam_args(parser, args, unknown, argv[split + 1 :])
     commands: dict[str, Callable[[], int]] = {
         "run": lambda: _cmd_run(args, beam_args),
         "resume": lambda: _cmd_resume(args, beam_args),
@@ -300,6 +350,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return commands[args.command]()
+    except RunInterruptedError as exc:
+        print(f"elspeth-beam: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # before a run was recorded, or in a command that records nothing
+        print("elspeth-beam: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `elspeth-beam runs | head`: the reader left; that is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import json
 import logging
 import secrets
 import time
@@ -19,15 +20,18 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from sqlalchemy import update
 
 from elspeth_beam.config.loader import LoadedPipeline
+from elspeth_beam.config.preflight import sink_problems
 from elspeth_beam.config.secrets import Fingerprinter, protect_node, warn_if_unkeyed
 from elspeth_beam.core.canonical import canonical_json, stable_hash
 from elspeth_beam.core.enums import NodeType, RunStatus
-from elspeth_beam.core.errors import ElspethError, PipelineFailedError
+from elspeth_beam.core.errors import ElspethError, PipelineFailedError, PreflightError, RunInterruptedError
+from elspeth_beam.core.events import utc_now
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.digest import DIGESTED_IN_PIPELINE_PROCESS, EVENT_TABLES, digest_tables_apart
-from elspeth_beam.landscape.store import LandscapeStore, absolute_url
+from elspeth_beam.landscape.store import DEFAULT_URL, LandscapeStore, absolute_url, normalize_url
 from elspeth_beam.landscape.writer_process import AuditWriter, AuditWriterError
 from elspeth_beam.landscape.summary import display_url, render_text, summarize
 from elspeth_beam.landscape.verify import VerifyReport, verify_run
@@ -54,15 +58,17 @@ class RunResult:
     duration_s: float
     summary: dict[str, Any]
     report: VerifyReport
+    reason: str | None = None  # why the run is failed, when it is
 
     def text(self) -> str:
         """The end-of-run summary table ``run`` and ``resume`` print."""
         return render_text(run_id=self.run_id, status=self.status.value, runner=self.runner, duration_s=self.duration_s,
-                           landscape_url=self.landscape_url, summary=self.summary, problems=self.report.problems)
+                           landscape_url=self.landscape_url, summary=self.summary, problems=self.report.problems,
+                           reason=self.reason)
 
     def as_json(self) -> dict[str, Any]:
         """The same facts for scripts (``--json``); the Landscape URL without its password."""
-        return {"run_id": self.run_id, "status": self.status.value, "runner": self.runner,
+        return {"run_id": self.run_id, "status": self.status.value, "status_reason": self.reason, "runner": self.runner,
                 "landscape": display_url(self.landscape_url), "duration_s": round(self.duration_s, 3),
                 **self.summary, "verify": self.report.problems}
 
@@ -105,11 +111,15 @@ def _node_rows(loaded: LoadedPipeline) -> list[dict[str, Any]]:
     return out
 
 
-def preflight(loaded: LoadedPipeline) -> None:
-    """Catch user mistakes (a missing input file) before Beam would bury them in a traceback."""
+def preflight(loaded: LoadedPipeline, run_id: str) -> None:
+    """Catch user mistakes (a missing input file, a sink folder that is a file) before Beam
+    would bury them in a traceback."""
     source = loaded.settings.source
     plugin = registry.build(SourcePlugin, source.plugin, source.options)
     getattr(plugin, "preflight", lambda: None)()
+    problems = sink_problems(loaded, run_id)
+    if problems:
+        raise PreflightError("; ".join(problems))
 
 
 def merge_sinks(store: LandscapeStore, loaded: LoadedPipeline, run_id: str) -> None:
@@ -143,7 +153,7 @@ def execute_run(
     """
     run_id = run_id or new_run_id()
     options, runner_label = pipeline_options(loaded, beam_args)
-    preflight(loaded)
+    preflight(loaded, run_id)
     pipeline = _make(make_pipeline, options)
     store = LandscapeStore(loaded.settings.landscape.url)
     warn_if_unkeyed(loaded.settings_json)
@@ -155,35 +165,108 @@ def execute_run(
         beam_options=Fingerprinter.from_env().protect(options.get_all_options(drop_default=True)),
         nodes=_node_rows(loaded),
         edges=loaded.graph.edges(),
+        resuming=restore is not None,
     )
     started = time.perf_counter()
-    built = apply_graph(pipeline, loaded, run_id, restore, streaming=options.view_as(StandardOptions).streaming)
-    if tap is not None:
-        tap(built)
-    with fewer_gc_passes():
-        try:
-            with progress(store.url, run_id) if progress is not None else nullcontext():
-                pipeline.run().wait_until_finish()
-        except Exception as exc:
-            store.finish_run(run_id, RunStatus.FAILED.value, {"error": _root_message(exc)})
-            raise PipelineFailedError(f"run {run_id} failed: {_root_message(exc)}") from exc
-        merge_sinks(store, loaded, run_id)
-        digesting = _digest_event_tables(store.url, run_id)
-        report = verify_run(store, run_id)
-        summary = summarize(store, run_id)
-        digested = digest_tables_apart(store.engine, run_id, DIGESTED_IN_PIPELINE_PROCESS)
-        status = RunStatus.COMPLETED if report.ok else RunStatus.FAILED
-        store.finish_run(run_id, status.value, {**summary, "verify_problems": report.problems}, {**digested, **digesting()})
-    store.dispose()
+    try:
+        with fewer_gc_passes():
+            result = _run_recorded(loaded, store, run_id, pipeline, options, restore, tap, progress)
+    except BaseException as exc:
+        if not _is_interrupt(exc):
+            raise
+        _mark_interrupted(store, run_id)
+        raise RunInterruptedError(run_id, _resume_landscape(store.url)) from None
+    finally:
+        store.dispose()
+    report, summary, reason = result
     return RunResult(
         run_id=run_id,
-        status=status,
+        status=RunStatus.COMPLETED if reason is None else RunStatus.FAILED,
         landscape_url=store.url,
         runner=runner_label,
         duration_s=time.perf_counter() - started,
         summary=summary,
         report=report,
+        reason=reason,
     )
+
+
+def _run_recorded(
+    loaded: LoadedPipeline,
+    store: LandscapeStore,
+    run_id: str,
+    pipeline: beam.Pipeline,
+    options: PipelineOptions,
+    restore: PipelineRestore | None,
+    tap: Callable[[BuiltPipeline], None] | None,
+    progress: Callable[[str, str], AbstractContextManager[Any]] | None,
+) -> tuple[VerifyReport, dict[str, Any], str | None]:
+    """Run the recorded run's pipeline, merge its sinks, verify, digest and mark it finished;
+    its verify report, summary and the reason it failed (None: completed)."""
+    built = apply_graph(pipeline, loaded, run_id, restore, streaming=options.view_as(StandardOptions).streaming)
+    if tap is not None:
+        tap(built)
+    try:
+        with progress(store.url, run_id) if progress is not None else nullcontext():
+            pipeline.run().wait_until_finish()
+    except Exception as exc:
+        if _is_interrupt(exc):
+            raise
+        store.finish_run(run_id, RunStatus.FAILED.value, {"error": _root_message(exc)})
+        raise PipelineFailedError(f"run {run_id} failed: {_root_message(exc)}") from exc
+    merge_sinks(store, loaded, run_id)
+    digesting = _digest_event_tables(store.url, run_id)
+    report = verify_run(store, run_id)
+    summary = summarize(store, run_id)
+    reason = failure_reason(report, summary, loaded.settings.run.max_quarantined_fraction)
+    digested = digest_tables_apart(store.engine, run_id, DIGESTED_IN_PIPELINE_PROCESS)
+    status = RunStatus.COMPLETED if reason is None else RunStatus.FAILED
+    store.finish_run(run_id, status.value, {**summary, "verify_problems": report.problems, "status_reason": reason},
+                     {**digested, **digesting()})
+    return report, summary, reason
+
+
+def failure_reason(report: VerifyReport, summary: dict[str, Any], max_fraction: float) -> str | None:
+    """Why a run whose pipeline finished is not ``completed``: its audit failed verification, or
+    too many of its source rows were set aside (quarantined or failed; ``run.max_quarantined_fraction``).
+    A run that got no row through is failed whatever the setting: it has not done its job."""
+    if not report.ok:
+        return f"the audit failed verification ({len(report.problems)} problem(s))"
+    rows, set_aside = summary["rows_read"], summary["rows_set_aside"]
+    if rows and set_aside == rows:
+        return f"every source row ({set_aside} of {rows}) was quarantined or failed: none got through"
+    if rows and set_aside / rows > max_fraction:
+        return (f"{set_aside} of {rows} source rows ({set_aside / rows:.1%}) were quarantined or failed, more than "
+                f"run.max_quarantined_fraction {max_fraction:g} allows")
+    return None
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C: a KeyboardInterrupt, or what Beam wrapped one in (it re-raises a DoFn's
+    KeyboardInterrupt as a RuntimeError naming the step)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _mark_interrupted(store: LandscapeStore, run_id: str) -> None:
+    """The run as Ctrl-C left it: ``interrupted`` (not digested: resume finishes it). Only a
+    run still ``running`` moves — an interrupt after the finish must not unseal the run."""
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(s.runs)
+            .where(s.runs.c.run_id == run_id, s.runs.c.status == RunStatus.RUNNING.value)
+            .values(status=RunStatus.INTERRUPTED.value, completed_at=utc_now(),
+                    summary_json=json.dumps({"error": "interrupted (Ctrl-C)"}))
+        )
+
+
+def _resume_landscape(url: str) -> str | None:
+    """The ``-l`` that ``resume`` needs to find this Landscape, None for the default one."""
+    return None if url == normalize_url(DEFAULT_URL) else display_url(url)
 
 
 def _digest_event_tables(url: str, run_id: str) -> Callable[[], dict[str, Any]]:

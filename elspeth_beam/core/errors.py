@@ -41,3 +41,20 @@ class RunNotFoundError(LandscapeError):
 
 class PipelineFailedError(ElspethError):
     """The Beam pipeline raised; the run is recorded as failed."""
+
+
+class RunExistsError(LandscapeError):
+    """A new run was asked for under a run id the Landscape already holds."""
+
+
+class RunInterruptedError(ElspethError):
+    """The run was stopped by Ctrl-C (SIGINT); it is recorded as interrupted."""
+
+    def __init__(self, run_id: str, landscape: str | None = None) -> None:
+        self.run_id = run_id
+        where = f" -l {landscape}" if landscape else ""
+        super().__init__(f"interrupted; finish it with: elspeth-beam resume {run_id}{where}")
+
+
+class PreflightError(ElspethError):
+    """A check before the run starts failed (an output that cannot be written)."""

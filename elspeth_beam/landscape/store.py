@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from elspeth_beam.core.enums import BatchStatus, NodeStateStatus, RunStatus
-from elspeth_beam.core.errors import LandscapeError, RunNotFoundError
+from elspeth_beam.core.errors import LandscapeError, RunExistsError, RunNotFoundError
 from elspeth_beam.core.events import (
     AuditEvent,
     BatchRecorded,
@@ -347,26 +347,44 @@ class LandscapeStore:
         beam_options: dict[str, Any],
         nodes: list[dict[str, Any]],
         edges: list[dict[str, Any]],
+        resuming: bool = False,
     ) -> None:
-        """Write the run, its nodes and edges before the pipeline starts."""
-        with self.engine.begin() as conn:
-            _insert_ignore(
-                conn,
-                s.runs,
-                [
-                    {
-                        "run_id": run_id,
-                        "status": "running",
-                        "started_at": utc_now(),
-                        "settings_json": settings_json,
-                        "settings_hash": settings_hash,
-                        "runner": runner,
-                        "beam_options_json": json.dumps(beam_options, sort_keys=True, default=str),
-                    }
-                ],
-            )
-            _insert_ignore(conn, s.nodes, [{"run_id": run_id, **n} for n in nodes])
-            _insert_ignore(conn, s.edges, [{"run_id": run_id, **e} for e in edges])
+        """Write the run, its nodes and edges before the pipeline starts.
+
+        A run id names one run: a new run under an id the Landscape holds is refused before
+        anything is written (re-running a completed run would re-seal it with another digest
+        root). ``resuming``: ``resume`` has reopened this run, which must be ``running``; its
+        record, nodes and edges stay as the run first wrote them.
+        """
+        row = {
+            "run_id": run_id,
+            "status": RunStatus.RUNNING.value,
+            "started_at": utc_now(),
+            "settings_json": settings_json,
+            "settings_hash": settings_hash,
+            "runner": runner,
+            "beam_options_json": json.dumps(beam_options, sort_keys=True, default=str),
+        }
+        try:
+            with self.engine.begin() as conn:
+                status = conn.execute(select(s.runs.c.status).where(s.runs.c.run_id == run_id)).scalar()
+                if resuming and status != RunStatus.RUNNING.value:
+                    raise LandscapeError(f"run {run_id} is {status or 'not in the Landscape'}, not reopened for resume")
+                if not resuming and status is not None:
+                    raise self._run_exists(run_id, status)
+                if not resuming:
+                    conn.execute(s.runs.insert().values(**row))  # a plain insert: a racing twin fails here
+                _insert_ignore(conn, s.nodes, [{"run_id": run_id, **n} for n in nodes])
+                _insert_ignore(conn, s.edges, [{"run_id": run_id, **e} for e in edges])
+        except IntegrityError:
+            raise self._run_exists(run_id, RunStatus.RUNNING.value) from None
+
+    def _run_exists(self, run_id: str, status: str) -> RunExistsError:
+        where = make_url(self.url).render_as_string(hide_password=True)
+        return RunExistsError(
+            f"run {run_id} already exists in the Landscape at {where} (status {status}); a run id names one run: "
+            f"choose another --run-id or leave it out. `elspeth-beam resume {run_id}` continues an unfinished run"
+        )
 
     def finish_run(self, run_id: str, status: str, summary: dict[str, Any],
                    digested: dict[str, dict[str, Any]] | None = None) -> None:

@@ -40,6 +40,7 @@ def summarize(store: LandscapeStore, run_id: str) -> dict[str, Any]:
             ).all()
         )
         by_trigger = _batches_by_trigger(conn, run_id)
+        set_aside = rows_set_aside(conn, run_id)
         quarantine_reasons = top_reasons(conn, run_id, "quarantined")
         failure_reasons = top_reasons(conn, run_id, "failed")
     return {
@@ -48,11 +49,26 @@ def summarize(store: LandscapeStore, run_id: str) -> dict[str, Any]:
         "outcomes": dict(sorted(by_outcome.items())),
         "quarantined": by_outcome.get("quarantined", 0),
         "failed": by_outcome.get("failed", 0),
+        "rows_set_aside": set_aside,
         "batches": sum(by_trigger.values()),
         "batches_by_trigger": by_trigger,
         "quarantine_reasons": quarantine_reasons,
         "failure_reasons": failure_reasons,
     }
+
+
+def rows_set_aside(conn: Connection, run_id: str) -> int:
+    """Source rows with a token quarantined or failed (on any path): what the run's
+    ``max_quarantined_fraction`` is measured against."""
+    o, t = s.token_outcomes, s.tokens
+    rows = (
+        select(t.c.row_id)
+        .join(o, o.c.token_id == t.c.token_id)
+        .where(o.c.run_id == run_id, o.c.is_terminal.is_(True), o.c.outcome.in_(("quarantined", "failed")))
+        .distinct()
+        .subquery()
+    )
+    return conn.execute(select(func.count()).select_from(rows)).scalar_one()
 
 
 def duration_s(started_at: str | None, completed_at: str | None) -> float | None:
@@ -142,11 +158,12 @@ def display_url(url: str) -> str:
 
 def render_text(
     *, run_id: str, status: str, runner: str, duration_s: float, landscape_url: str, summary: dict[str, Any],
-    problems: list[str],
+    problems: list[str], reason: str | None = None,
 ) -> str:
     """The end-of-run table: one labelled line per fact, sinks and reasons as indented rows."""
     lines = [
         _row("run", f"{run_id}  [{status}]"),
+        *([_row("why", reason)] if reason else []),
         _row("runner", runner),
         _row("duration", f"{duration_s:.2f}s"),
         _row("rows read", str(summary["rows_read"])),

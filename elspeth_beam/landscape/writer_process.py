@@ -205,6 +205,11 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
 
 
 if __name__ == "__main__":
+    import signal
+
+    # Ctrl-C reaches the whole process group: the pipeline process handles it (marks the run
+    # interrupted) and still needs this child; it ends when its stdin closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stray prints go to stderr, never into the reply stream
     sys.stdout = sys.stderr
