@@ -513,3 +513,19 @@ def test_settings_json_is_canonical_and_hash_stable():
     c = base()
     c["gates"][0]["condition"] = "row['total'] >= 2000"
     assert load_settings_dict(c).settings_hash != a.settings_hash
+
+
+# ---- run.max_quarantined_fraction ----------------------------------------------------------------
+
+def test_max_quarantined_fraction_defaults_to_one_and_takes_a_fraction():
+    assert load_settings_dict(base()).settings.run.max_quarantined_fraction == 1.0
+    raw = base()
+    raw["run"] = {"max_quarantined_fraction": 0.05}
+    assert load_settings_dict(raw).settings.run.max_quarantined_fraction == 0.05
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, "some"])
+def test_max_quarantined_fraction_outside_zero_to_one_is_an_error(value):
+    raw = base()
+    raw["run"] = {"max_quarantined_fraction": value}
+    one_starting_with(problems_of(raw), "run.max_quarantined_fraction:")
