@@ -40,10 +40,10 @@ def _settings(tmp_path: Path, data: bytes, plugin: str, **options) -> dict:
     }
 
 
-def _run(tmp_path: Path, data: bytes, plugin: str = "csv", **options) -> testing.TestRun:
+def _run(tmp_path: Path, data: bytes, plugin: str = "csv", status: str = "completed", **options) -> testing.TestRun:
     run = testing.run_for_test(_settings(tmp_path, data, plugin, **options), tmp_path)
     testing.assert_audit_complete(run)
-    assert run.result.status.value == "completed"
+    assert run.result.status.value == status
     return run
 
 
@@ -118,7 +118,7 @@ def test_csv_bad_byte_inside_a_quoted_multiline_field(tmp_path):
 
 def test_csv_all_latin1_every_row_quarantined_then_read_with_the_encoding_option(tmp_path):
     data = "id,city\n1,Zürich\n2,Malmö\n3,Besançon\n".encode("latin-1")
-    run = _run(tmp_path / "utf8", data)
+    run = _run(tmp_path / "utf8", data, status="failed")  # audited in full, but no row got through
     reasons = _quarantined(run)
     assert list(reasons) == [0, 1, 2]
     assert all(ENCODING_HINT in r for r in reasons.values())
@@ -187,6 +187,8 @@ def test_csv_bom_is_stripped_with_a_schema(tmp_path):
 def test_csv_bom_read_gives_a_clean_header(tmp_path):
     records = _read(tmp_path, b"\xef\xbb\xbfid,v\r\n1,2\r\n")
     assert [(r.row, r.error) for r in records] == [({"id": "1", "v": "2"}, None)]
+    source = registry.build(SourcePlugin, "csv", {"path": str(tmp_path / "unit.csv")})
+    assert source.header() == ["id", "v"]
 
 
 def test_csv_repeated_header_name_is_refused_naming_the_column(tmp_path):
@@ -297,3 +299,18 @@ def test_parquet_repeated_column_name_is_refused(tmp_path):
                 "sinks": {"good": {"plugin": "jsonl", "options": {"path": str(tmp_path / "good.jsonl")}}}}
     with pytest.raises(PluginError, match="repeats column 'a'"):
         testing.run_for_test(settings, tmp_path)
+    with pytest.raises(PluginError, match=r"repeats column 'a' \(columns 1 and 2\)"):
+        list(registry.build(SourcePlugin, "parquet", {"path": str(src)}).read())
+
+
+def test_parquet_map_column_reaches_the_sink(tmp_path):
+    """pyarrow gives a map's entries as (key, value) tuples, which are not JSON: they become pairs."""
+    src = tmp_path / "in.parquet"
+    tags = pa.array([[("a", 1), ("b", 2)], []], pa.map_(pa.string(), pa.int64()))
+    pq.write_table(pa.table({"id": [1, 2], "tags": tags}), src)
+    settings = {"source": {"plugin": "parquet", "on_success": "good", "options": {"path": str(src)}},
+                "sinks": {"good": {"plugin": "jsonl", "options": {"path": str(tmp_path / "out" / "good.jsonl")}}}}
+    run = testing.run_for_test(settings, tmp_path)
+    testing.assert_audit_complete(run)
+    assert _quarantined(run) == {}
+    assert _good(tmp_path) == [{"id": 1, "tags": [["a", 1], ["b", 2]]}, {"id": 2, "tags": []}]

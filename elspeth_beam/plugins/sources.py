@@ -188,9 +188,14 @@ class CsvSource(_TextSource):
     options: CsvSourceOptions
 
     def preflight(self) -> None:
+        self.header()
+
+    def header(self) -> list[str] | None:
+        """The column names as ``read`` sees them (no byte order mark); None for an empty file.
+        A header that cannot be decoded or repeats a name refuses the file (PluginError)."""
         with self._open_text(newline="") as handle:
             tape = _LineTape(handle)
-            self._header(csv.reader(tape, delimiter=self.options.delimiter), tape)
+            return self._header(csv.reader(tape, delimiter=self.options.delimiter), tape)
 
     def read(self) -> Iterator[SourceRecord]:
         with self._open_text(newline="") as handle:
