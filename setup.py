@@ -13,6 +13,6 @@ setup(
         "pyarrow>=14,<26",
         "PyYAML>=6",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6.100"], "postgres": ["psycopg[binary]>=3.1"]},
+    extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "rfc8785>=0.1.4"], "postgres": ["psycopg[binary]>=3.1"]},
     entry_points={"console_scripts": ["elspeth-beam=elspeth_beam.cli:main"]},
 )

@@ -6,13 +6,16 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import math
+import struct
 from decimal import Decimal
 
 import pytest
+import rfc8785
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from elspeth_beam.core.canonical import canonical_json, normalize, stable_hash
+from elspeth_beam.core.canonical import CANONICAL_VERSION, canonical_json, normalize, stable_hash
 from elspeth_beam.core.errors import CanonicalizationError
 
 # ---- strategies ----------------------------------------------------------------------------
@@ -74,17 +77,18 @@ def test_non_integral_floats_differ_from_ints():
     assert canonical_json(2.5) == b"2.5"
 
 
-@pytest.mark.parametrize("x", [2.0**53, 2.0**53 + 2, 1e16, 123456789012345680.0, 1e20])
-def test_large_integral_floats_hash_like_ints(x):
-    """'1.0 and 1 hash alike' holds for every integral float, not only those below 2**53.
-
-    A float that is_integer() is exactly that integer, and RFC 8785 writes integral
-    doubles below 1e21 as plain digits (9007199254740992, 10000000000000000) — never
-    '9007199254740992.0' or '1e+16'.
-    """
+@pytest.mark.parametrize("x", [2.0**53, 2.0**53 + 2, 1e16, 123456789012345680.0, 1e20, 2.7890840981819507e20, 2.0**60])
+def test_large_integral_floats_hash_like_the_int_they_read_back_as(x):
+    """'1.0 and 1 hash alike' holds for every integral float below 1e21, not only those below
+    2**53: RFC 8785 writes them as plain digits (9007199254740992, 10000000000000000, never
+    '9007199254740992.0' or '1e+16') — the double's shortest ones, which above 2**54 need not
+    be its exact value (2**60 is written 1152921504606847000). Reading those digits back as an
+    int gives the int that hashes like the float."""
     assert x.is_integer()
-    assert canonical_json(x) == str(int(x)).encode()
-    assert stable_hash(x) == stable_hash(int(x))
+    text = canonical_json(x)
+    assert text == rfc8785.dumps(x) and b"." not in text and b"e" not in text
+    assert float(int(text)) == x
+    assert stable_hash(x) == stable_hash(int(text))
 
 
 def test_booleans_are_not_numbers():
@@ -185,17 +189,101 @@ KNOWN_OBJECT = {
     "small": 1.5e-10,
 }
 KNOWN_JSON = (
-    '{"alpha":{"a":"line\\nbreak \\"q\\"","b":"ü€𝄞"},"big":12345678901234567890,'
+    '{"alpha":{"a":"line\\nbreak \\"q\\"","b":"ü€𝄞"},"big":"12345678901234567890",'
     '"n":-17,"small":1.5e-10,"zeta":[1,1,2.5,0,true,false,null]}'
 ).encode("utf-8")
-KNOWN_HASH = "f7e5258d0916fd1495007a737c88f4b4e8be1aa3202ec8b100b590d40e8d4f4b"
+KNOWN_HASH = "ceb5f00e73c499bedf7f19e7def5ec70ebaaacf9e0a528334eb686043e29135c"
+KNOWN_JSON_V1 = KNOWN_JSON.replace(b'"12345678901234567890"', b"12345678901234567890")
+KNOWN_HASH_V1 = "f7e5258d0916fd1495007a737c88f4b4e8be1aa3202ec8b100b590d40e8d4f4b"
 
 
 def test_known_answer_vector():
     """Fixed bytes and hash: any accidental change of the encoding breaks this test."""
-    assert canonical_json(KNOWN_OBJECT) == KNOWN_JSON
+    assert CANONICAL_VERSION == 2
+    assert canonical_json(KNOWN_OBJECT) == KNOWN_JSON == _rfc8785_of_normalized(KNOWN_OBJECT)
     assert hashlib.sha256(KNOWN_JSON).hexdigest() == KNOWN_HASH
     assert stable_hash(KNOWN_OBJECT) == KNOWN_HASH
+    assert stable_hash(KNOWN_OBJECT, version=2) == KNOWN_HASH
+
+
+def test_known_answer_vector_version_1():
+    """Version 1, the form before RFC 8785 numbers, byte for byte: older runs' hashes verify."""
+    assert canonical_json(KNOWN_OBJECT, version=1) == KNOWN_JSON_V1
+    assert stable_hash(KNOWN_OBJECT, version=1) == KNOWN_HASH_V1 == hashlib.sha256(KNOWN_JSON_V1).hexdigest()
+
+
+@pytest.mark.parametrize(("value", "v1", "v2"), [
+    (2.7890840981819507e20, b"278908409818195066880", b"278908409818195070000"),  # the issue's example
+    (-2.7890840981819507e20, b"-278908409818195066880", b"-278908409818195070000"),
+    (2.0**60, b"1152921504606846976", b"1152921504606847000"),
+    (4.679105997138059e16, b"46791059971380592", b"46791059971380590"),
+    (2**60, b"1152921504606846976", b'"1152921504606846976"'),
+    (2**60 + 1, b"1152921504606846977", b'"1152921504606846977"'),
+    (46791059971380590, b"46791059971380590", b"46791059971380590"),
+    (10**400, str(10**400).encode(), f'"{10**400}"'.encode()),
+    ({"f": 1e20, "n": 2**53, "z": -0.0, "x": 1.5e-7}, b'{"f":100000000000000000000,"n":9007199254740992,"x":1.5e-7,"z":0}',
+     b'{"f":100000000000000000000,"n":9007199254740992,"x":1.5e-7,"z":0}'),
+    ({"row": 2.7890840981819507e20, "id": 2**60 + 1}, b'{"id":1152921504606846977,"row":278908409818195066880}',
+     b'{"id":"1152921504606846977","row":278908409818195070000}'),
+    ([1e21, 5e-324, 1e-7], b"[1e+21,5e-324,1e-7]", b"[1e+21,5e-324,1e-7]"),
+])
+def test_version_1_encodings_are_pinned_and_version_2_writes_rfc_8785(value, v1, v2):
+    assert canonical_json(value, version=1) == v1
+    assert stable_hash(value, version=1) == hashlib.sha256(v1).hexdigest()
+    assert canonical_json(value) == canonical_json(value, version=2) == v2
+    assert canonical_json(value, version=2) == _rfc8785_of_normalized(value)
+
+
+def _rfc8785_of_normalized(value):
+    """rfc8785.dumps of ``normalize(value)``, whose ints beyond 2**53 - 1 (which rfc8785 refuses)
+    are those written as the digits RFC 8785 gives their double: passed as that double."""
+    def doubles_for_big_ints(v):
+        if type(v) is int and abs(v) >= 2**53:
+            return float(v)
+        if isinstance(v, dict):
+            return {k: doubles_for_big_ints(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [doubles_for_big_ints(x) for x in v]
+        return v
+    return rfc8785.dumps(doubles_for_big_ints(normalize(value)))
+
+
+def test_an_unknown_version_is_refused_with_the_known_ones():
+    for call in (canonical_json, stable_hash, normalize):
+        with pytest.raises(CanonicalizationError, match="version 3 is unknown; this elspeth_beam writes versions 1, 2"):
+            call({"a": 1}, version=3)
+
+
+# ---- fixed bugs, one example each ---------------------------------------------------------------
+
+
+def test_integral_floats_between_1e16_and_1e21_use_the_shortest_digits():
+    """Version 1 wrote int(value), the double's exact digits; RFC 8785 writes ECMAScript's."""
+    assert canonical_json(2.7890840981819507e20) == b"278908409818195070000"
+    assert canonical_json([2.7890840981819507e20]) == b"[278908409818195070000]"  # the normalizing path
+    assert canonical_json({"a": {"b": 2.7890840981819507e20}}) == b'{"a":{"b":278908409818195070000}}'
+
+
+def test_ints_beyond_2_53_are_numbers_only_where_rfc_8785_writes_their_digits():
+    """Version 1 wrote every int's digits: RFC 8785 readers take numbers as doubles, so
+    9007199254740993 read back as 9007199254740992 — another value, another hash."""
+    assert canonical_json(2**53) == b"9007199254740992"
+    assert canonical_json(2**53 + 1) == b'"9007199254740993"'
+    assert canonical_json(-(2**53) - 1) == b'"-9007199254740993"'
+    assert canonical_json(46791059971380590) == b"46791059971380590"  # RFC 8785's digits for its double
+    assert canonical_json(10**400) == f'"{10**400}"'.encode()  # no double at all
+    assert stable_hash(2**53 + 1) != stable_hash(2**53 + 2)  # no two ints hash alike
+
+
+def test_the_flat_row_fast_path_applies_the_big_int_rule():
+    """A flat dict of plain values skips normalizing: it must not pass an int beyond 2**53."""
+    assert canonical_json({"id": 2**60 + 1, "name": "x"}) == b'{"id":"1152921504606846977","name":"x"}'
+    assert canonical_json({"id": 2**53, "name": "x"}) == b'{"id":9007199254740992,"name":"x"}'
+
+
+def test_negative_zero_is_zero():
+    for value in (-0.0, [-0.0], {"z": -0.0}, {"z": [-0.0]}):
+        assert canonical_json(value) == canonical_json(value, version=1) == rfc8785.dumps(value)
 
 
 def test_known_answer_vector_simple():
@@ -225,7 +313,8 @@ def test_round_trips_through_json_loads_to_normalized_value(value):
     normalized = normalize(value)
     # numbers come back as the same number (RFC 8785 writes 3e16 as an integer literal)
     assert _numbers_as_floats(decoded) == _numbers_as_floats(normalized)
-    # canonical form is a fixed point: encoding the decoded value gives the same bytes
+    # canonical form is a fixed point: encoding the decoded value gives the same bytes (json.loads
+    # makes ints of 278908409818195070000 and the like: they are written as the same number)
     assert canonical_json(decoded) == encoded
 
 
@@ -281,3 +370,71 @@ def test_fast_paths_write_what_the_reference_encoder_writes(row):
             canonical_json(row)
         return
     assert canonical_json(row) == expected
+
+
+# ---- against an independent RFC 8785 implementation (the rfc8785 package) --------------------------
+#
+# rfc8785.dumps accepts None, bool, int, float, str, lists/tuples and str-keyed dicts. It refuses
+# ints beyond ±(2**53 - 1), NaN/±Infinity and lone surrogates (so do we, with our own errors for
+# the last two), and datetimes, Decimal, bytes and models, which we normalize to strings first: the
+# strategies below draw only what it accepts. Big ints get their own property.
+
+_MAX_SAFE = 2**53 - 1
+
+
+def _double_from_bits(bits: int) -> float:
+    return struct.unpack("<d", struct.pack("<Q", bits))[0]
+
+
+any_double = st.integers(0, 2**64 - 1).map(_double_from_bits).filter(math.isfinite)  # every exponent alike
+band_double = st.floats(min_value=1e15, max_value=1e22) | st.floats(min_value=-1e22, max_value=-1e15)
+subnormal = st.floats(min_value=-2.2250738585072014e-308, max_value=2.2250738585072014e-308, allow_subnormal=True)
+doubles = finite_floats | any_double | band_double | subnormal | st.sampled_from([-0.0, 5e-324, 1e21, 1e-7, 1e-6, 9.999999999999999e20])
+safe_ints = st.integers(-_MAX_SAFE, _MAX_SAFE)
+odd_chars = st.sampled_from(["é", "\u00ff", "\u20ac", "\ud7ff", "\ue000", "\uffff", "\U00010000", "\U0001f600", "\U0010ffff",
+                             "\x00", "\x1f", "\x7f", '"', "\\", "\u2028", "a", "B", "0"])
+keys = st.text(odd_chars, max_size=4) | st.text(max_size=6)  # st.text never draws lone surrogates
+rfc_scalars = st.none() | st.booleans() | safe_ints | doubles | keys
+rfc_values = st.recursive(
+    rfc_scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=5),
+    max_leaves=20,
+)
+
+
+@given(doubles)
+@example(2.7890840981819507e20)
+@example(-0.0)
+@example(5e-324)
+@settings(max_examples=2000, deadline=None)
+def test_every_double_is_written_as_rfc8785_writes_it(x):
+    assert canonical_json(x) == rfc8785.dumps(x)
+    assert canonical_json([x]) == rfc8785.dumps([x])  # the normalizing path
+    assert canonical_json({"k": x, "s": "t"}) == rfc8785.dumps({"k": x, "s": "t"})  # the flat-row path
+
+
+@given(rfc_values)
+@example({"\U0001f600": 1, "\ue000": 2, "é": 3, "a": {"\U00010000": [1.5, 2.0**70]}})
+@settings(max_examples=500, deadline=None)
+def test_nested_values_are_written_as_rfc8785_writes_them(value):
+    """Nested dicts and lists, non-ASCII and astral-plane keys (sorted by UTF-16 code units)."""
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+@given(st.dictionaries(keys, rfc_scalars, max_size=8))
+@settings(max_examples=500, deadline=None)
+def test_flat_rows_are_written_as_rfc8785_writes_them(row):
+    assert canonical_json(row) == rfc8785.dumps(row)
+
+
+@given(st.integers() | st.integers(2**53 - 4, 2**70) | st.sampled_from([46791059971380590, 1152921504606847000]))
+@settings(max_examples=500, deadline=None)
+def test_ints_are_rfc8785_numbers_or_strings_of_their_digits(n):
+    """rfc8785 refuses ints beyond 2**53 - 1; we write one as the double RFC 8785 writes
+    when those are its digits, else as the string of its digits."""
+    if -_MAX_SAFE <= n <= _MAX_SAFE:
+        assert canonical_json(n) == rfc8785.dumps(n)
+    else:
+        as_number = rfc8785.dumps(float(n)) if abs(n) < 1e300 else b""
+        assert canonical_json(n) == (as_number if as_number == str(n).encode() else rfc8785.dumps(str(n)))
+    assert json.loads(canonical_json(n)) in (n, str(n))  # never another value

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Boolean, Float, Integer, select, update
 
 from elspeth_beam import testing
-from elspeth_beam.core.canonical import canonical_json, stable_hash
+from elspeth_beam.core.canonical import CANONICAL_VERSION, canonical_json, stable_hash
 from elspeth_beam.core.errors import LandscapeError
 from elspeth_beam.core.events import NodeStateRecorded, RowRecorded, TokenCreated
 from elspeth_beam.core.enums import NodeStateStatus
@@ -25,6 +25,8 @@ from elspeth_beam.landscape.digest import (
     DIGESTED_IN_PIPELINE_PROCESS,
     DIGESTED_TABLES,
     EVENT_TABLES,
+    DigestFormatError,
+    canonical_version,
     check_digest,
     digest_tables_apart,
     key_columns,
@@ -119,7 +121,9 @@ def test_untouched_run_verifies_ok_twice_with_the_same_answer(finished, tmp_path
 
 
 def _recipe_tables(db: Path, run_id: str, fmt: int) -> dict[str, dict]:
-    """The manifest's tables recomputed with sqlite3, sha256 and canonical JSON only."""
+    """The manifest's tables recomputed with sqlite3, sha256 and canonical JSON only (formats 1
+    and 2 in canonical version 1, format 3 in the current one)."""
+    version = 1 if fmt < 3 else CANONICAL_VERSION
     con = sqlite3.connect(db)
     con.row_factory = sqlite3.Row
     tables = {}
@@ -135,9 +139,11 @@ def _recipe_tables(db: Path, run_id: str, fmt: int) -> dict[str, dict]:
                 if isinstance(c.type, Boolean) and row[c.name] is not None:
                     row[c.name] = bool(row[c.name])
             cols = key_columns(table)
-            key = row[cols[0]] if len(cols) == 1 else canonical_json([row[c] for c in cols]).decode()
-            entries.append([key, stable_hash(row) if fmt == 1 else stable_hash([row[c] for c in columns])])
-        tables[table.name] = {"count": len(entries), "root": stable_hash(entries)} | ({"columns": columns} if fmt == 2 else {})
+            key = row[cols[0]] if len(cols) == 1 else canonical_json([row[c] for c in cols], version=version).decode()
+            hashed = row if fmt == 1 else [row[c] for c in columns]
+            entries.append([key, stable_hash(hashed, version=version)])
+        tables[table.name] = {"count": len(entries), "root": stable_hash(entries, version=version)} | (
+            {"columns": columns} if fmt >= 2 else {})
         tables[table.name]["entries"] = entries
     con.close()
     return tables
@@ -146,29 +152,129 @@ def _recipe_tables(db: Path, run_id: str, fmt: int) -> dict[str, dict]:
 def test_digest_is_reproducible_from_the_documented_recipe(finished):
     """Anyone can recompute the root with sha256 and canonical JSON, from the data alone."""
     db, run_id = finished
-    tables = {name: {k: v for k, v in entry.items() if k != "entries"} for name, entry in _recipe_tables(db, run_id, 2).items()}
-    stored = _sql(db, "SELECT digest_root FROM runs WHERE run_id = ?", run_id)[0][0]
-    assert stable_hash({"format": 2, "tables": tables}) == stored
+    tables = {name: {k: v for k, v in entry.items() if k != "entries"} for name, entry in _recipe_tables(db, run_id, 3).items()}
+    stored, manifest = _sql(db, "SELECT digest_root, digest_manifest FROM runs WHERE run_id = ?", run_id)[0]
+    assert json.loads(manifest)["canonical"] == CANONICAL_VERSION == 2
+    assert stable_hash({"format": 3, "canonical": 2, "tables": tables}) == stored
 
 
-def test_a_format_1_digest_still_verifies_and_names_an_edit(finished, tmp_path):
-    """Runs digested before format 2 hashed each record as a column → value mapping."""
-    db, run_id = finished
-    db = _copy(db, tmp_path / "l.db")
-    tables = _recipe_tables(db, run_id, 1)
+# A duration whose canonical JSON differs between the versions: version 1 wrote the double's
+# exact digits (278908409818195066880), RFC 8785 its shortest ones (278908409818195070000).
+BAND_FLOAT = 2.7890840981819507e20
+
+
+def _with_band_float(db: Path) -> str:
+    """One node_state's duration set to BAND_FLOAT (its record hashes differently per version)."""
+    state_id = _sql(db, "SELECT state_id FROM node_states ORDER BY state_id LIMIT 1")[0][0]
+    _sql(db, "UPDATE node_states SET duration_ms = ? WHERE state_id = ?", BAND_FLOAT, state_id)
+    assert canonical_json(BAND_FLOAT, version=1) != canonical_json(BAND_FLOAT)
+    return state_id
+
+
+def _store_recipe_digest(db: Path, run_id: str, fmt: int) -> dict:
+    """Replace the run's digest by one made with the recipe of format ``fmt``; its manifest."""
+    tables = _recipe_tables(db, run_id, fmt)
+    version = 1 if fmt < 3 else CANONICAL_VERSION
     _sql(db, "DELETE FROM record_digests")
     for name, entry in tables.items():
         entries = entry.pop("entries")
         for chunk, start in enumerate(range(0, len(entries), 1000)):
             _sql(db, "INSERT INTO record_digests (run_id, table_name, chunk, entries) VALUES (?, ?, ?, ?)",
-                 run_id, name, chunk, canonical_json(entries[start:start + 1000]).decode())
-    manifest = {"format": 1, "tables": tables}
-    _sql(db, "UPDATE runs SET digest_manifest = ?, digest_root = ?", canonical_json(manifest).decode(), stable_hash(manifest))
+                 run_id, name, chunk, canonical_json(entries[start:start + 1000], version=version).decode())
+    manifest = {"format": fmt, "tables": tables} | ({"canonical": version} if fmt >= 3 else {})
+    _sql(db, "UPDATE runs SET digest_manifest = ?, digest_root = ?",
+         canonical_json(manifest, version=version).decode(), stable_hash(manifest, version=version))
+    return manifest
+
+
+@pytest.mark.parametrize("fmt", [1, 2])
+def test_an_older_format_digest_still_verifies_in_canonical_version_1_and_names_an_edit(finished, tmp_path, fmt):
+    """Runs digested before format 3 hashed in canonical version 1 (format 1 also each record
+    as a column → value mapping): verify recomputes their hashes with version 1's rules."""
+    db, run_id = finished
+    db = _copy(db, tmp_path / "l.db")
+    state_id = _with_band_float(db)
+    _store_recipe_digest(db, run_id, fmt)
+    assert canonical_version(_run(db, run_id)) == 1
     assert _verify(db, run_id).ok, _verify(db, run_id).problems
 
-    state_id = _sql(db, "SELECT state_id FROM node_states ORDER BY state_id LIMIT 1")[0][0]
     _sql(db, "UPDATE node_states SET output_hash = ? WHERE state_id = ?", "0" * 64, state_id)
     assert _verify(db, run_id).problems == [f"node_states: 1 record(s) changed since the run's digest: state_id={state_id}"]
+
+
+def test_a_format_3_digest_hashes_in_the_version_its_manifest_names(finished, tmp_path):
+    """The run's own digest (format 3, canonical 2) of a record whose bytes differ per version
+    verifies; the same digest made with version 1 but naming version 2 does not."""
+    db, run_id = finished
+    db = _copy(db, tmp_path / "l.db")
+    state_id = _with_band_float(db)
+    store = LandscapeStore.open_existing(str(db))
+    with store.engine.begin() as conn:
+        root = write_digest(conn, run_id)
+    store.dispose()
+    assert root == stable_hash(_store_recipe_digest(db, run_id, 3))  # the recipe gives the same root
+    assert canonical_version(_run(db, run_id)) == 2
+    assert _verify(db, run_id).ok, _verify(db, run_id).problems
+
+    manifest = _store_recipe_digest(db, run_id, 2) | {"format": 3, "canonical": 2}  # version 1 hashes
+    _sql(db, "UPDATE runs SET digest_manifest = ?, digest_root = ?", canonical_json(manifest).decode(), stable_hash(manifest))
+    assert _verify(db, run_id).problems == [f"node_states: 1 record(s) changed since the run's digest: state_id={state_id}"]
+
+
+def _run(db: Path, run_id: str) -> dict[str, Any]:
+    store = LandscapeStore.open_existing(str(db))
+    try:
+        return store.run(run_id)
+    finally:
+        store.dispose()
+
+
+def test_canonical_version_of_a_run():
+    """What a verify check passes to ``stable_hash(value, version=…)`` to recompute a run's hashes."""
+    assert canonical_version({"digest_manifest": None}) == CANONICAL_VERSION  # still running
+    assert canonical_version({"digest_manifest": '{"format":1,"tables":{}}'}) == 1
+    assert canonical_version({"digest_manifest": '{"format":2,"tables":{}}'}) == 1
+    assert canonical_version({"digest_manifest": '{"canonical":2,"format":3,"tables":{}}'}) == 2
+    assert canonical_version({"digest_manifest": '{"canonical":1,"format":3,"tables":{}}'}) == 1
+    with pytest.raises(DigestFormatError, match="names canonical JSON version 9; this elspeth_beam reads versions 1, 2"):
+        canonical_version({"digest_manifest": '{"canonical":9,"format":3,"tables":{}}'})
+    with pytest.raises(DigestFormatError, match="has format 4; this elspeth_beam reads formats 1 to 3"):
+        canonical_version({"digest_manifest": '{"canonical":2,"format":4,"tables":{}}'})
+    for bad in ('{"format":3,"tables":{}}', '{"canonical":true,"format":3}', "[1]", "not json"):
+        with pytest.raises(DigestFormatError):
+            canonical_version({"digest_manifest": bad})
+
+
+@pytest.mark.parametrize(("manifest", "problem"), [
+    ({"format": 3, "canonical": 9}, "runs.digest_manifest names canonical JSON version 9; this elspeth_beam reads versions 1, 2"),
+    ({"format": 3}, "runs.digest_manifest names canonical JSON version None; this elspeth_beam reads versions 1, 2"),
+    ({"format": 4, "canonical": 2}, "runs.digest_manifest has format 4; this elspeth_beam reads formats 1 to 3"),
+])
+def test_a_manifest_of_an_unknown_format_or_version_is_one_problem(finished, tmp_path, manifest, problem):
+    db, run_id = finished
+    db = _copy(db, tmp_path / "l.db")
+    stored = json.loads(_sql(db, "SELECT digest_manifest FROM runs")[0][0])
+    manifest = {k: v for k, v in stored.items() if k not in ("format", "canonical")} | manifest
+    _sql(db, "UPDATE runs SET digest_manifest = ?, digest_root = ?", canonical_json(manifest).decode(), stable_hash(manifest))
+    assert _verify(db, run_id).problems == [problem]
+
+
+@given(st.lists(st.none() | st.booleans() | st.text(max_size=4) | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                | st.floats(min_value=1e15, max_value=1e22) | st.sampled_from([2**53, 2**53 + 1, -2**60, 2.0**53, 2.0**53 + 2]),
+                max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_record_hash_fast_path_is_stable_hash_of_the_values(values):
+    """The digest's shortcut past canonical_json writes what canonical_json writes, per version."""
+    assert record_hash(values) == stable_hash(values)
+    assert record_hash(values, 1) == stable_hash(values, version=1)
+
+
+def test_record_hash_writes_rfc_8785_numbers():
+    """The digest's own float shortcut had the bug canonical_json had: exact digits in 1e16..1e21."""
+    import hashlib
+
+    assert record_hash([BAND_FLOAT, 2**60 + 1]) == hashlib.sha256(b'[278908409818195070000,"1152921504606846977"]').hexdigest()
+    assert record_hash([BAND_FLOAT, 2**60 + 1], 1) == hashlib.sha256(b"[278908409818195066880,1152921504606846977]").hexdigest()
 
 
 # ---- tampering ----------------------------------------------------------------------------------

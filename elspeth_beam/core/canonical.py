@@ -1,9 +1,16 @@
 """Canonical JSON and stable hashing (DESIGN §3).
 
 Hashes in the Landscape must be reproducible by anyone, months later, from the data alone, so
-the encoding is fixed: sorted keys, no whitespace, UTF-8, RFC 8785-style numbers (``1.0`` and
-``1`` hash alike), NaN/±Infinity rejected, datetimes as ISO 8601 UTC, bytes as base64, Decimal
-as string.
+the encoding is fixed: sorted keys (by UTF-16 code units), no whitespace, UTF-8, numbers as RFC
+8785 writes them (ECMAScript's shortest round-trip form; ``1.0`` and ``1`` hash alike),
+NaN/±Infinity rejected, datetimes as ISO 8601 UTC, bytes as base64, Decimal as string. RFC
+8785 numbers are doubles: an integer beyond ±2**53 whose digits are not those RFC 8785 writes
+for its nearest double (2**60 + 1; 2**60 too, whose double it writes 1152921504606847000) is
+written as the string of its digits, as RFC 8785 advises for big numbers, not rounded: as a
+number it would read back as another value, and two values would hash alike.
+
+The form is versioned, so that hashes made before a fix still verify (``CANONICAL_VERSION``);
+the Landscape's digest manifest names the version its hashes were made with.
 """
 
 from __future__ import annotations
@@ -12,13 +19,33 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import json.encoder
 import math
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 from elspeth_beam.core.errors import CanonicalizationError
 
-__all__ = ["canonical_json", "stable_hash", "normalize"]
+__all__ = ["CANONICAL_VERSION", "VERSIONS", "canonical_json", "stable_hash", "normalize", "plain_values", "plain_json"]
+
+CANONICAL_VERSION = 2
+"""The canonical form new hashes are made with. Version 1 (before it) wrote integral floats
+from 2**53 up to 1e21 and integers beyond ±2**53 with all their exact digits, where RFC 8785
+writes the double's shortest digits (``278908409818195070000``, not ``278908409818195066880``)."""
+VERSIONS = (1, 2)
+
+_SAFE = 2**53
+"""Integers up to this magnitude are doubles exactly, and their digits are RFC 8785's."""
+
+
+def _known(version: int) -> int:
+    if version not in VERSIONS:
+        raise CanonicalizationError(
+            f"canonical JSON version {version!r} is unknown; this elspeth_beam writes versions "
+            f"{', '.join(map(str, VERSIONS))} — upgrade it to check hashes made with a newer one"
+        )
+    return version
 
 
 def _check_finite(value: float) -> float:
@@ -52,26 +79,46 @@ def _es_number(value: float) -> str:
 
 
 class _Flags:
-    """Set while normalizing when the fast encoder (json.dumps) would not be canonical."""
+    """The version being written, and whether the C encoder would not write what was
+    normalized canonically (set while normalizing)."""
 
-    __slots__ = ("slow",)
+    __slots__ = ("slow", "version")
 
-    def __init__(self) -> None:
+    def __init__(self, version: int = CANONICAL_VERSION) -> None:
         self.slow = False
+        self.version = version
 
 
 def _float(value: float, flags: _Flags) -> int | float:
-    _check_finite(value)
-    if value.is_integer() and abs(value) < 1e21:
-        return int(value)  # ECMAScript writes these without a fraction or exponent
-    if not 1e-4 <= abs(value) < 1e16:
+    if value.is_integer():  # False for NaN and ±Infinity
+        if abs(value) <= _SAFE or (flags.version == 1 and abs(value) < 1e21):
+            return int(value)  # ECMAScript writes these without a fraction or exponent
+        flags.slow = True  # ECMAScript's shortest digits, not the exact ones
+    elif not 1e-4 <= abs(value) < 1e16:
+        _check_finite(value)
         flags.slow = True  # repr would use an exponent where ECMAScript does not, or vice versa
     return value
 
 
+def _int(value: int, flags: _Flags) -> int | str:
+    """Beyond ±2**53 (version 2) an int stays a number only if its digits are RFC 8785's for
+    the double nearest it (as 46791059971380590 is); any other is written as the string of its
+    digits — as a number it would read back as another value, and two values would hash alike."""
+    if flags.version == 1:
+        return value
+    try:
+        nearest = float(value)
+    except OverflowError:
+        return str(value)
+    digits = str(value)
+    return value if _es_number(nearest) == digits else digits
+
+
 def _normalize(obj: Any, flags: _Flags) -> Any:
-    if obj is None or isinstance(obj, (str, bool, int)):
+    if obj is None or isinstance(obj, (str, bool)):
         return obj
+    if isinstance(obj, int):
+        return obj if -_SAFE <= obj <= _SAFE else _int(obj, flags)
     if isinstance(obj, float):
         return _float(obj, flags)
     if isinstance(obj, dict):
@@ -102,9 +149,12 @@ def _normalize(obj: Any, flags: _Flags) -> Any:
     raise CanonicalizationError(f"cannot canonicalize a value of type {type(obj).__name__}: {obj!r}")
 
 
-def normalize(obj: Any) -> Any:
+def normalize(obj: Any, *, version: int = CANONICAL_VERSION) -> Any:
     """Turn ``obj`` into plain JSON types the canonical encoder accepts, or raise."""
-    return _normalize(obj, _Flags())
+    return _normalize(obj, _Flags(_known(version)))
+
+
+_json_string = json.encoder.encode_basestring  # what json.dumps(s, ensure_ascii=False) writes
 
 
 def _encode(value: Any, out: list[str]) -> None:
@@ -119,7 +169,7 @@ def _encode(value: Any, out: list[str]) -> None:
     elif isinstance(value, float):
         out.append(_es_number(value))
     elif isinstance(value, str):
-        out.append(json.dumps(value, ensure_ascii=False))
+        out.append(_json_string(value))
     elif isinstance(value, list):
         out.append("[")
         for i, item in enumerate(value):
@@ -132,40 +182,85 @@ def _encode(value: Any, out: list[str]) -> None:
         for i, key in enumerate(sorted(value, key=lambda k: k.encode("utf-16-be", "surrogatepass"))):
             if i:
                 out.append(",")
-            out.append(json.dumps(key, ensure_ascii=False))
+            out.append(_json_string(key))
             out.append(":")
             _encode(value[key], out)
         out.append("}")
 
 
-_compact_sorted = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+def _c_encoder() -> Callable[[Any], str]:
+    """Compact, key-sorted, non-ASCII JSON text from json's C encoder, made once:
+    ``JSONEncoder.encode`` builds a new one per call, a fifth of a flat row's time. Without a
+    circular-reference check: what reaches it is a flat row or a freshly normalized tree."""
+    make = json.encoder.c_make_encoder
+    if make is None:  # no C accelerator (e.g. PyPy)
+        return json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+    encode = make(None, None, json.encoder.encode_basestring, None, ":", ",", True, False, True)
+    return lambda value: "".join(encode(value, 0))
 
 
-_PLAIN = frozenset({str, int, bool, type(None)})
+_compact_sorted = _c_encoder()
+plain_json = _compact_sorted
+"""Compact, key-sorted JSON text of plain values (``plain_values``'s): their canonical form."""
+
+
+_PLAIN = frozenset({str, bool, type(None)})
 
 
 def _flat_row_text(obj: Any) -> str | None:
-    """The canonical text of the usual row — a flat dict of ASCII keys and plain values, floats
-    written alike by Python and ECMAScript — straight from the C encoder; None otherwise."""
+    """The current version's canonical text of the usual row — a flat dict of ASCII keys and
+    plain values, numbers written alike by Python and ECMAScript — straight from the C
+    encoder; None otherwise."""
     if type(obj) is not dict:
         return None
-    for key, value in obj.items():
+    for value in obj.values():
         kind = type(value)
-        if kind is float:
+        if kind in _PLAIN:
+            pass
+        elif kind is float:
             if value.is_integer() or not 1e-4 <= abs(value) < 1e16:  # NaN fails this too
                 return None
-        elif kind not in _PLAIN:
+        elif kind is not int or not -_SAFE <= value <= _SAFE:
             return None
-        if type(key) is not str or not key.isascii():
+    try:
+        if not "".join(obj).isascii():
             return None
+    except TypeError:  # a key that is not a string: the full rules say so
+        return None
     return _compact_sorted(obj)
 
 
-def canonical_json(obj: Any) -> bytes:
-    """Canonical UTF-8 JSON bytes of ``obj`` (raises CanonicalizationError)."""
-    text = _flat_row_text(obj)
+def plain_values(values: list[Any], version: int = CANONICAL_VERSION) -> list[Any] | None:
+    """``values`` (str/int/float/bool/None, changed in place) as the C JSON encoder must get them
+    to write their canonical form — integral floats as ints; None if one needs the full rules
+    (an exponent, NaN/±Infinity, in version 2 a number beyond ±2**53). For hot loops that
+    encode many flat lists (the digest) without ``canonical_json``'s checks."""
+    if version == CANONICAL_VERSION:
+        integral_limit, int_limit = _SAFE + 1, _SAFE
+    else:  # version 1 wrote every integral float below 1e21, and every int, with exact digits
+        integral_limit, int_limit = (1e21, math.inf) if _known(version) == 1 else (_SAFE + 1, _SAFE)
+    for i, value in enumerate(values):
+        kind = type(value)
+        if kind is str or value is None:
+            continue
+        if kind is float:
+            if value.is_integer():
+                if not abs(value) < integral_limit:
+                    return None
+                values[i] = int(value)
+            elif not 1e-4 <= abs(value) < 1e16:
+                return None  # an exponent, NaN or ±Infinity
+        elif kind is int and not -int_limit <= value <= int_limit:
+            return None
+    return values
+
+
+def canonical_json(obj: Any, *, version: int = CANONICAL_VERSION) -> bytes:
+    """Canonical UTF-8 JSON bytes of ``obj`` in the given version of the form (raises
+    CanonicalizationError)."""
+    text = _flat_row_text(obj) if version == CANONICAL_VERSION else None
     if text is None:
-        flags = _Flags()
+        flags = _Flags(_known(version))
         value = _normalize(obj, flags)
         if flags.slow:
             out: list[str] = []
@@ -179,6 +274,6 @@ def canonical_json(obj: Any) -> bytes:
         raise CanonicalizationError(f"a string holds a lone surrogate ({exc.object[exc.start:exc.end]!r}); it has no UTF-8 form") from None
 
 
-def stable_hash(obj: Any) -> str:
-    """sha256 hex digest of ``canonical_json(obj)``."""
-    return hashlib.sha256(canonical_json(obj)).hexdigest()
+def stable_hash(obj: Any, *, version: int = CANONICAL_VERSION) -> str:
+    """sha256 hex digest of ``canonical_json(obj, version=version)``."""
+    return hashlib.sha256(canonical_json(obj, version=version)).hexdigest()

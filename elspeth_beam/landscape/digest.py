@@ -4,10 +4,13 @@ At run end (``LandscapeStore.finish_run``) each record of the run — in every t
 primary-key order (``run_rows``) — is hashed: ``record_hash = stable_hash([values…])``, its
 values in the order of the manifest's ``columns`` for its table. Per table, the list
 ``[[record_key, record_hash], …]`` is stored in chunks in ``record_digests`` and its
-``root = stable_hash(list)``; the manifest ``{"format": 2, "tables": {table: {"count": n,
-"root": …, "columns": […]}}}`` goes to ``runs.digest_manifest`` and ``runs.digest_root =
-stable_hash(manifest)``. (Format 1, still verified, hashed each record as a column → value
-mapping, which cost a third more time.)
+``root = stable_hash(list)``; the manifest ``{"format": 3, "canonical": 2, "tables": {table:
+{"count": n, "root": …, "columns": […]}}}`` goes to ``runs.digest_manifest`` and
+``runs.digest_root = stable_hash(manifest)``. Every hash uses the canonical JSON version the
+manifest names (``canonical``; ``core/canonical.py``), so an auditor knows which rules to apply.
+Formats 1 and 2, still verified, imply canonical version 1; format 2 is format 3 without
+``canonical``; format 1 hashed each record as a column → value mapping, which cost a third more
+time.
 
 ``verify`` recomputes every record's hash and compares it with its stored entry, so an edited
 record is named by table and key (changed / missing / added). Entries edited to match no longer
@@ -31,13 +34,15 @@ from typing import Any
 from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.engine import Connection, Engine
 
-from elspeth_beam.core.canonical import canonical_json, stable_hash
+from elspeth_beam.core.canonical import (
+    CANONICAL_VERSION, VERSIONS, canonical_json, plain_json, plain_values, stable_hash,
+)
 from elspeth_beam.core.enums import RunStatus
 from elspeth_beam.core.errors import LandscapeError
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import RUN_TABLES, run_rows
 
-FORMAT = 2  # 1: records hashed as column → value mappings (still verified)
+FORMAT = 3  # the manifest names its canonical version; 2: canonical 1 implied; 1: also records as mappings
 DIGEST_COLUMNS = ("digest_root", "digest_manifest")
 """The runs columns left out of the runs record's hash (they hold the digest itself)."""
 
@@ -45,9 +50,10 @@ DIGESTED_TABLES: tuple[Table, ...] = tuple(t for t in RUN_TABLES if t is not s.r
 CHUNK = 1000  # entries per record_digests row
 _FETCH = 5000  # rows per fetch while streaming a table
 
-# canonical_json of a mapping of str/int/bool/None values is exactly this encoder's output; one
-# instance, because json.dumps builds a new encoder per call, which dominated the digest's time
-_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+# canonical_json of a list or mapping of plain values (``plain_values``) is exactly this
+# encoder's output; one instance, because json.dumps builds a new encoder per call, which
+# dominated the digest's time
+_json = plain_json
 
 
 def key_columns(table: Table) -> list[str]:
@@ -64,32 +70,52 @@ def describe_key(table_name: str, key: str) -> str:
     return " ".join(f"{c}={v}" for c, v in zip(cols, values))
 
 
-def _plain_floats(values: list[Any]) -> list[Any] | None:
-    """Floats as canonical JSON writes them (1.0 → 1); None if one needs the full rules."""
-    for i, value in enumerate(values):
-        if type(value) is float:
-            if value.is_integer() and abs(value) < 1e21:
-                values[i] = int(value)
-            elif not 1e-4 <= abs(value) < 1e16:
-                return None  # an exponent, NaN or ±Infinity
-    return values
-
-
-def record_hash(values: Sequence[Any]) -> str:
-    """Format 2: ``stable_hash`` of the record's values in its table's column order (the
+def record_hash(values: Sequence[Any], version: int = CANONICAL_VERSION) -> str:
+    """Formats 2 and 3: ``stable_hash`` of the record's values in its table's column order (the
     manifest lists the columns). Faster than format 1's mapping: no keys to sort or encode."""
-    plain = _plain_floats(list(values))
+    plain = plain_values(list(values), version)
     if plain is None:
-        return stable_hash(list(values))
+        return stable_hash(list(values), version=version)
     return hashlib.sha256(_json(plain).encode("utf-8")).hexdigest()
 
 
 def record_hash_v1(row: dict[str, Any]) -> str:
-    """Format 1 (runs digested before format 2): ``stable_hash`` of the column → value mapping."""
-    plain = _plain_floats(list(row.values()))
+    """Format 1 (runs digested before format 2, canonical version 1): ``stable_hash`` of the
+    column → value mapping."""
+    plain = plain_values(list(row.values()), 1)
     if plain is None:
-        return stable_hash(row)
+        return stable_hash(row, version=1)
     return hashlib.sha256(_json(dict(zip(row, plain))).encode("utf-8")).hexdigest()
+
+
+def manifest_canonical_version(manifest: dict[str, Any]) -> int:
+    """The canonical JSON version a digest manifest's hashes were made with: formats 1 and 2
+    predate versions (1); format 3 names it. Raises DigestFormatError otherwise."""
+    fmt = manifest["format"]
+    if type(fmt) is int and fmt in (1, 2):
+        return 1
+    if type(fmt) is not int or fmt != FORMAT:
+        raise DigestFormatError(f"runs.digest_manifest has format {fmt!r}; this elspeth_beam reads formats 1 to {FORMAT}")
+    version = manifest.get("canonical")
+    if type(version) is not int or version not in VERSIONS:
+        raise DigestFormatError(
+            f"runs.digest_manifest names canonical JSON version {version!r}; this elspeth_beam reads versions "
+            f"{', '.join(map(str, VERSIONS))}")
+    return version
+
+
+def canonical_version(run_row: dict[str, Any]) -> int:
+    """The canonical JSON version the run's hashes were made with, to recompute them
+    (``stable_hash(value, version=canonical_version(run))``): its digest manifest's, or the
+    current one for a run without a digest (still running). Raises DigestFormatError for a
+    manifest that is not one (``check_digest`` reports that too)."""
+    text = run_row.get("digest_manifest")
+    if text is None:
+        return CANONICAL_VERSION
+    try:
+        return manifest_canonical_version(json.loads(text))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise DigestFormatError("runs.digest_manifest is not a digest manifest") from None
 
 
 def hashed_columns(table: Table) -> list[str]:
@@ -98,9 +124,10 @@ def hashed_columns(table: Table) -> list[str]:
 
 
 def live_records(conn: Connection, table: Table, run_id: str, fmt: int = FORMAT,
-                 columns: list[str] | None = None) -> Iterator[tuple[str, str]]:
+                 columns: list[str] | None = None, version: int = CANONICAL_VERSION) -> Iterator[tuple[str, str]]:
     """(record_key, record_hash) of the run's records, streamed in primary-key order;
-    ``columns`` are the hashed ones (the manifest's, when verifying)."""
+    ``columns`` are the hashed ones and ``version`` the canonical one (the manifest's, when
+    verifying)."""
     result = conn.execute(run_rows(table, run_id).execution_options(yield_per=_FETCH))
     try:
         names = list(result.keys())
@@ -112,7 +139,7 @@ def live_records(conn: Connection, table: Table, run_id: str, fmt: int = FORMAT,
             if fmt == 1:
                 yield key, record_hash_v1(dict(zip(columns, (values[i] for i in hashed))))
             else:
-                yield key, record_hash([values[i] for i in hashed])
+                yield key, record_hash([values[i] for i in hashed], version)
     finally:
         result.close()
 
@@ -218,7 +245,8 @@ def write_digest(conn: Connection, run_id: str, done: dict[str, dict[str, Any]] 
     manifest entries of tables already digested (``digest_tables``), whose entries stay."""
     done = done or {}
     entries = {**done, **digest_tables(conn, run_id, [t.name for t in DIGESTED_TABLES if t.name not in done])}
-    manifest = {"format": FORMAT, "tables": {t.name: entries[t.name] for t in DIGESTED_TABLES}}
+    manifest = {"format": FORMAT, "canonical": CANONICAL_VERSION,
+                "tables": {t.name: entries[t.name] for t in DIGESTED_TABLES}}
     digest_root = stable_hash(manifest)
     conn.execute(
         s.runs.update()
@@ -278,21 +306,22 @@ def check_digest(conn: Connection, run: dict[str, Any], expected_root: str | Non
     try:
         manifest = json.loads(manifest_text)
         tables = manifest["tables"]
-        fmt = int(manifest["format"])
+        fmt = manifest["format"]
+        version = manifest_canonical_version(manifest)
         check.records = sum(int(e["count"]) for e in tables.values())
     except (ValueError, KeyError, TypeError, AttributeError):
         check.problems.append("runs.digest_manifest is not a digest manifest")
         return check
-    if fmt not in (1, FORMAT):
-        check.problems.append(f"runs.digest_manifest has format {fmt}; this elspeth_beam reads formats 1 and {FORMAT}")
+    except DigestFormatError as exc:
+        check.problems.append(str(exc))
         return check
-    if stable_hash(manifest) != root:
+    if stable_hash(manifest, version=version) != root:
         check.problems.append("runs.digest_manifest does not hash to runs.digest_root: the manifest was edited")
     for name in sorted(set(tables) - {t.name for t in DIGESTED_TABLES}):
         check.problems.append(f"the digest names a table this Landscape does not have: {name}")
     for table in DIGESTED_TABLES:
         try:
-            tc = _check_table(conn, table, run_id, tables.get(table.name), fmt)
+            tc = _check_table(conn, table, run_id, tables.get(table.name), fmt, version)
         except DigestFormatError as exc:
             check.problems.append(str(exc))
             continue
@@ -301,7 +330,8 @@ def check_digest(conn: Connection, run: dict[str, Any], expected_root: str | Non
     return check
 
 
-def _check_table(conn: Connection, table: Table, run_id: str, expected: dict[str, Any] | None, fmt: int) -> TableCheck:
+def _check_table(conn: Connection, table: Table, run_id: str, expected: dict[str, Any] | None, fmt: int,
+                 version: int) -> TableCheck:
     """One streaming pass compares records with their stored entries pairwise and recomputes
     the table's root; only when records and entries disagree are the entries loaded by key to
     tell changed from missing from added."""
@@ -310,7 +340,7 @@ def _check_table(conn: Connection, table: Table, run_id: str, expected: dict[str
     columns = expected.get("columns") if expected else None
     if columns is not None and not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
         raise DigestFormatError(f"the digest manifest's columns of {table.name} are not a list of column names")
-    live = live_records(conn, table, run_id, fmt, columns)
+    live = live_records(conn, table, run_id, fmt, columns, version)
     try:
         for text in stored_chunks(conn, table.name, run_id):
             entries = parse_chunk(text)
@@ -324,7 +354,7 @@ def _check_table(conn: Connection, table: Table, run_id: str, expected: dict[str
     if aligned:
         return tc
     stored = {key: hash_ for text in stored_chunks(conn, table.name, run_id) for key, hash_ in parse_chunk(text)}
-    for key, hash_ in live_records(conn, table, run_id, fmt, columns):
+    for key, hash_ in live_records(conn, table, run_id, fmt, columns, version):
         recorded = stored.pop(key, None)
         if recorded is None:
             tc.added.append(key)
