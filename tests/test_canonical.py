@@ -438,3 +438,5 @@ def test_ints_are_rfc8785_numbers_or_strings_of_their_digits(n):
         as_number = rfc8785.dumps(float(n)) if abs(n) < 1e300 else b""
         assert canonical_json(n) == (as_number if as_number == str(n).encode() else rfc8785.dumps(str(n)))
     assert json.loads(canonical_json(n)) in (n, str(n))  # never another value
+    assert canonical_json({"n": n}) == b'{"n":' + canonical_json(n) + b"}"  # the flat-row path
+    assert canonical_json([n]) == b"[" + canonical_json(n) + b"]"  # the normalizing path
