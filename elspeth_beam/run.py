@@ -226,16 +226,18 @@ def _run_recorded(
     return report, summary, reason
 
 
-def failure_reason(report: VerifyReport, summary: dict[str, Any], max_fraction: float) -> str | None:
+def failure_reason(report: VerifyReport, summary: dict[str, Any], max_fraction: float | None) -> str | None:
     """Why a run whose pipeline finished is not ``completed``: its audit failed verification, or
-    too many of its source rows were set aside (quarantined or failed; ``run.max_quarantined_fraction``).
-    A run that got no row through is failed whatever the setting: it has not done its job."""
+    too many of its source rows were set aside (quarantined or failed): more than
+    ``run.max_quarantined_fraction`` or, when that is unset, every one — a run that gets no row
+    through has not done its job, whatever its audit says."""
     if not report.ok:
         return f"the audit failed verification ({len(report.problems)} problem(s))"
     rows, set_aside = summary["rows_read"], summary["rows_set_aside"]
-    if rows and set_aside == rows:
-        return f"every source row ({set_aside} of {rows}) was quarantined or failed: none got through"
-    if rows and set_aside / rows > max_fraction:
+    if rows and set_aside == rows and max_fraction is None:
+        return (f"every source row ({set_aside} of {rows}) was quarantined or failed: none got through "
+                "(run.max_quarantined_fraction: 1 accepts that)")
+    if rows and max_fraction is not None and set_aside / rows > max_fraction:
         return (f"{set_aside} of {rows} source rows ({set_aside / rows:.1%}) were quarantined or failed, more than "
                 f"run.max_quarantined_fraction {max_fraction:g} allows")
     return None

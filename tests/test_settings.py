@@ -517,8 +517,8 @@ def test_settings_json_is_canonical_and_hash_stable():
 
 # ---- run.max_quarantined_fraction ----------------------------------------------------------------
 
-def test_max_quarantined_fraction_defaults_to_one_and_takes_a_fraction():
-    assert load_settings_dict(base()).settings.run.max_quarantined_fraction == 1.0
+def test_max_quarantined_fraction_is_unset_by_default_and_takes_a_fraction():
+    assert load_settings_dict(base()).settings.run.max_quarantined_fraction is None
     raw = base()
     raw["run"] = {"max_quarantined_fraction": 0.05}
     assert load_settings_dict(raw).settings.run.max_quarantined_fraction == 0.05

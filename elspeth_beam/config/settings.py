@@ -80,10 +80,10 @@ class LandscapeSettings(_Model):
 class RunSettings(_Model):
     runner: str = "DirectRunner"
     beam_options: list[str] = []
-    max_quarantined_fraction: float = Field(
-        1.0, ge=0.0, le=1.0,
+    max_quarantined_fraction: float | None = Field(
+        None, ge=0.0, le=1.0,
         description="the run ends failed when more than this fraction of its source rows were quarantined or "
-                    "failed (0 = any such row); a run in which every row was is failed whatever this says",
+                    "failed (0: any such row; 1: never); unset, only a run in which every row was",
     )
 
 
