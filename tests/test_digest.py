@@ -198,7 +198,7 @@ def test_an_older_format_digest_still_verifies_in_canonical_version_1_and_names_
     assert canonical_version(_run(db, run_id)) == 1
     assert _verify(db, run_id).ok, _verify(db, run_id).problems
 
-    _sql(db, "UPDATE node_states SET output_hash = ? WHERE state_id = ?", "0" * 64, state_id)
+    _sql(db, "UPDATE node_states SET duration_ms = ? WHERE state_id = ?", BAND_FLOAT * 2, state_id)
     assert _verify(db, run_id).problems == [f"node_states: 1 record(s) changed since the run's digest: state_id={state_id}"]
 
 

@@ -238,7 +238,8 @@ def plain_values(values: list[Any], version: int = CANONICAL_VERSION) -> list[An
     if version == CANONICAL_VERSION:
         integral_limit, int_limit = _SAFE + 1, _SAFE
     else:  # version 1 wrote every integral float below 1e21, and every int, with exact digits
-        integral_limit, int_limit = (1e21, math.inf) if _known(version) == 1 else (_SAFE + 1, _SAFE)
+        _known(version)
+        integral_limit, int_limit = 1e21, math.inf
     for i, value in enumerate(values):
         kind = type(value)
         if kind is str or value is None:
