@@ -25,6 +25,8 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from elspeth_beam import testing
 from elspeth_beam.core.canonical import stable_hash
+from elspeth_beam.core.chain import rows_hash as flush_hash
+
 from elspeth_beam.landscape import explain
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
@@ -186,10 +188,10 @@ def sink_rows_by_token(audit: Audit, sink: str, path: Path) -> dict[str, dict[st
     return out
 
 
-def run(settings: dict[str, Any], tmp_path: Path, **kwargs: Any) -> tuple[testing.TestRun, Audit]:
+def run(settings: dict[str, Any], tmp_path: Path, status: str = "completed", **kwargs: Any) -> tuple[testing.TestRun, Audit]:
     result = testing.run_for_test(settings, tmp_path, **kwargs)
     testing.assert_audit_complete(result)
-    assert result.result.status.value == "completed"
+    assert result.result.status.value == status
     return result, Audit.load(result)
 
 
@@ -237,10 +239,10 @@ def test_each_flush_is_one_audited_node_state_with_recomputed_hashes(single_run)
         member_rows = [audit.buffered_row(t) for t in members]
         # the members arrived unchanged (no transform), so the source payload is the same row
         assert member_rows == [audit.source_payload(t) for t in members]
-        assert state["input_hash"] == stable_hash(member_rows)
+        assert state["input_hash"] == flush_hash(member_rows)
 
         (out_token,) = audit.outputs[batch_id]
-        assert state["output_hash"] == stable_hash([sink_rows[out_token]])
+        assert state["output_hash"] == flush_hash([sink_rows[out_token]])
         # the summary row is really the stats of these members
         summary = sink_rows[out_token]
         assert summary["k"] == json.loads(batch["key"])[0]
@@ -370,15 +372,15 @@ def test_passthrough_keeps_token_ids_and_enriches_rows(tmp_path, user_plugins):
             assert audit.outcome_names(t) == ["buffered", "completed"]
             (term,) = audit.terminal(t)
             assert (term["outcome"], term["node_id"], term["sink_name"]) == ("completed", "sink:out", "out")
-        assert state["input_hash"] == stable_hash([audit.source_payload(t) for t in members])
-        assert state["output_hash"] == stable_hash(enriched)
+        assert state["input_hash"] == flush_hash([audit.source_payload(t) for t in members])
+        assert state["output_hash"] == flush_hash(enriched)
     assert not any(o["outcome"] == "consumed_in_batch" for os_ in audit.outcomes.values() for o in os_)
 
 
 def test_passthrough_with_wrong_row_count_is_a_failed_flush(tmp_path, user_plugins):
     rows = keyed_rows(["a"] * 4)
     settings = agg_settings(tmp_path, rows, plugin="agg_plugins_for_tests.DropLast", options={}, count=3, output_mode="passthrough")
-    _, audit = run(settings, tmp_path)
+    _, audit = run(settings, tmp_path, status="failed")  # every row set aside: run.max_quarantined_fraction
     assert len(audit.batches) == 2
     for batch_id, batch in audit.batches.items():
         (state,) = audit.flush_states(batch_id)
@@ -440,8 +442,8 @@ def test_transform_mode_mints_new_tokens_with_all_members_as_parents(dedupe_run)
         outs = audit.outputs[batch_id]
         assert [sink_rows[t] for t in outs] == _distinct_first(member_rows, "txn")
         (state,) = audit.flush_states(batch_id)
-        assert state["input_hash"] == stable_hash(member_rows)
-        assert state["output_hash"] == stable_hash([sink_rows[t] for t in outs])
+        assert state["input_hash"] == flush_hash(member_rows)
+        assert state["output_hash"] == flush_hash([sink_rows[t] for t in outs])
         for t in outs:
             assert t not in all_members
             assert audit.parents[t] == members  # every output descends from every member
@@ -506,7 +508,7 @@ def _check_explanation(audit: Audit, token_id: str) -> dict[str, Any]:
     assert b["flush_state"] is not None
     assert b["flush_state"]["state_id"] == batch["aggregation_state_id"]
     assert b["flush_state"]["node_id"] == AGG and b["flush_state"]["status"] == "completed"
-    assert b["flush_state"]["input_hash"] == stable_hash([audit.source_payload(t) for t in members])
+    assert b["flush_state"]["input_hash"] == flush_hash([audit.source_payload(t) for t in members])
     assert [m["token_id"] for m in b["members"]] == members
     assert token_id in b["outputs"]
     text = explain.render_text(e)
@@ -551,7 +553,7 @@ def test_failed_flush_is_recorded_and_members_get_one_terminal_outcome(tmp_path,
     assert bad["aggregation_state_id"] == state["state_id"]
     assert state["output_hash"] is None and state["duration_ms"] is not None
     members = audit.members[bad["batch_id"]]
-    assert state["input_hash"] == stable_hash([audit.source_payload(t) for t in members])
+    assert state["input_hash"] == flush_hash([audit.source_payload(t) for t in members])
     error = json.loads(state["error_json"])
     assert error["type"] == "BoomError"
     assert error["message"] == "refusing a batch with bad rows [4]"

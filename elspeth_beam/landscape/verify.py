@@ -11,19 +11,27 @@
 6. every sink part holds exactly the rows whose outcomes place them there — a part recorded
    again with other boundaries (a runner replaying rows in new bundles) would put rows into
    the merged file twice;
+8. every token's path is complete and its hash chain continuous (landscape/paths.py): each
+   node from the token's creation to its outcome holds its record, each input hash continues
+   the previous step's output, a flush's hashes derive from its members and outputs;
 and the run's records still match the digest written when it finished (landscape/digest.py).
 """
 
 from __future__ import annotations
 
+import functools
+from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Table, and_, exists, func, select
 from sqlalchemy.engine import Connection
 
 from elspeth_beam.config.secrets import SecretsRecorded
 from elspeth_beam.landscape import schema as s
-from elspeth_beam.landscape.digest import DigestCheck, check_digest, describe_key
+from elspeth_beam.core.canonical import CANONICAL_VERSION, stable_hash
+from elspeth_beam.landscape.digest import DigestCheck, DigestFormatError, canonical_version, check_digest, describe_key
+from elspeth_beam.landscape.paths import PathProblem, path_problems
 from elspeth_beam.landscape.store import LandscapeStore, run_rows
 
 _EXAMPLES = 5
@@ -137,7 +145,7 @@ def verify_run(store: LandscapeStore, run_id: str, *, expected_digest: str | Non
             report.problems.append(
                 f"{len(unlinked)} batch(es) lack a flush node_state at their aggregation node: {_examples(unlinked)}"
             )
-        report.problems += _lineage(conn, run_id) + _parts(conn, run_id) + _references(conn, run_id)
+        report.problems += _lineage(conn, run_id) + _parts(conn, run_id) + _references(conn, run_id) + _paths(conn, run)
         digest = check_digest(conn, run, expected_digest)
     report.digest = digest
     report.problems += digest.problems + _digest_problems(digest)
@@ -201,6 +209,26 @@ def _parts(conn: Connection, run_id: str) -> list[str]:
     examples = [f"{art} ({rows} rows, {placed_n} placed)" for art, rows, placed_n in off]
     return [f"{len(off)} sink part(s) hold rows their outcomes do not place there, so the merged file may repeat "
             f"or lack rows: {_examples(examples)}"]
+
+
+def _paths(conn: Connection, run: dict[str, Any]) -> list[str]:
+    """Invariant 8: every token's path is recorded without a hole and its hashes chain; one
+    line per kind of problem, naming the records (table, key, row index). Hashes are re-derived
+    in the canonical form the run used; flushes hashed their members' rows whole before
+    canonical version 2, so their links are checked from version 2 on."""
+    try:
+        version = canonical_version(run)
+    except DigestFormatError:  # check_digest reports the manifest
+        version = CANONICAL_VERSION
+    hasher = functools.partial(stable_hash, version=version)
+    grouped: dict[tuple[str, str, str], list[PathProblem]] = defaultdict(list)
+    for problem in path_problems(conn, run["run_id"], hasher, check_flushes=version >= 2):
+        grouped[(problem.table, problem.node_id, problem.detail.split(" — ")[0])].append(problem)
+    lines = []
+    for (table, node, _), found in grouped.items():
+        kind = "hole(s) in a token's path" if found[0].missing else "broken link(s) in the hash chain"
+        lines.append(f"{len(found)} {kind} at {node}: {found[0].detail}: {_examples([p.place() for p in found])}")
+    return lines
 
 
 # (table, column, table it names, column there): references checked within the run

@@ -39,7 +39,7 @@ from elspeth_beam.core.enums import BatchStatus, Outcome, TriggerType
 from elspeth_beam.core.errors import ElspethError
 from elspeth_beam.core.events import BatchMemberRecorded, BatchOutputRecorded, BatchRecorded, utc_now
 from elspeth_beam.core.tokens import TokenInfo, TokenInfoCoder
-from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag
+from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag, row_hash
 from elspeth_beam.pipeline.restore import AggregationRestore, RestoredStateError
 from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import BatchPlugin
@@ -225,9 +225,9 @@ class AggregationDoFn(AuditedDoFn):
         step = self.execute(
             batch_id=batch_id,
             attempt=attempt,
-            inputs=[m.row for m in members],
+            inputs=[row_hash(m.row) for m in members],  # hashed as chain.members_hash: of the rows' hashes
             work=lambda: self._outputs(members),
-            hash_output=lambda outs: [t.row for t in outs],
+            hash_output=lambda outs: [row_hash(t.row) for t in outs],
         )
         status = BatchStatus.COMPLETED if step.ok else BatchStatus.FAILED
         self.record(BatchRecorded.fast(status=status, aggregation_state_id=step.state_id, completed_at=utc_now(), **batch))

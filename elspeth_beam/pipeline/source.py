@@ -15,6 +15,7 @@ import apache_beam as beam
 from elspeth_beam import faults
 from elspeth_beam.config.settings import SourceSettings
 from elspeth_beam.core import ids
+from elspeth_beam.core.chain import raw_row
 from elspeth_beam.core.errors import RowError
 from elspeth_beam.core.events import RowRecorded
 from elspeth_beam.core.tokens import TokenInfo
@@ -83,7 +84,7 @@ class SourceDoFn(AuditedDoFn):
             self.record_token(step.output)
             yield beam.pvalue.TaggedOutput(self.tag, step.output)
         else:
-            raw_token = token_of({"_raw": record.raw})
+            raw_token = token_of(raw_row(record.raw))
             self.record_token(raw_token)
             yield from self.divert(raw_token, step.error)
 
