@@ -23,11 +23,13 @@ from elspeth_beam.config.loader import LoadedPipeline, load_settings_dict
 from elspeth_beam.config.secrets import KEY_ENV, Fingerprinter, SecretsRecorded
 from elspeth_beam.core import ids
 from elspeth_beam.core.canonical import stable_hash
+from elspeth_beam.core.chain import rows_hash
 from elspeth_beam.core.enums import BatchStatus, NodeStateStatus, RunStatus, TriggerType
 from elspeth_beam.core.errors import ElspethError
 from elspeth_beam.core.events import AuditEvent, BatchRecorded, NodeStateRecorded, utc_now
 from elspeth_beam.core.tokens import TokenInfo
 from elspeth_beam.landscape import schema as s
+from elspeth_beam.landscape.paths import path_problems
 from elspeth_beam.landscape.store import LandscapeStore
 from elspeth_beam.pipeline.restore import AggregationRestore, PipelineRestore, RestoredStateError, RetryBatch
 from elspeth_beam.run import RunResult, execute_run
@@ -109,14 +111,16 @@ def plan_restore(store: LandscapeStore, run_id: str) -> tuple[PipelineRestore, l
         closing += _interrupted(run_id, b, restored)
 
     retry_tokens = {m.token_id for rs in retries.values() for r in rs.values() for m in r.members}
-    reemit = _outputs_to_reemit(store, run_id, batches, terminal | retry_tokens)
+    redo_rows, redo_outputs = _holes(store, run_id)
+    reemit = _outputs_to_reemit(store, run_id, batches, terminal | retry_tokens, redo_outputs)
     reemitted = {t.token_id for ts in reemit.values() for t in ts}
     accounted = terminal | retry_tokens | reemitted | finished_members
     by_row: dict[str, list[str]] = defaultdict(list)
     for tid, t in tokens.items():
         by_row[t["row_id"]].append(tid)
     rows = store.table_rows(s.rows, run_id)
-    settled = frozenset(r["row_index"] for r in rows if by_row[r["row_id"]] and set(by_row[r["row_id"]]) <= accounted)
+    settled = frozenset(r["row_index"] for r in rows if by_row[r["row_id"]] and set(by_row[r["row_id"]]) <= accounted
+                        and r["row_index"] not in redo_rows)
     aggregations = {
         node: AggregationRestore(
             next_sequence=dict(next_sequence.get(node, {})),
@@ -164,21 +168,45 @@ def _members_to_redivert(store: LandscapeStore, run_id: str, batches: dict[str, 
     return {node: tuple(pairs) for node, pairs in rediverted.items()}
 
 
-def _outputs_to_reemit(store: LandscapeStore, run_id: str, batches: dict[str, Any], ended: set[str]) -> dict[str, list[TokenInfo]]:
-    """Outputs of completed flushes that went no further, each re-emitted once, after the
-    furthest-downstream aggregation that output it (a passthrough chain repeats token ids)."""
+def _holes(store: LandscapeStore, run_id: str) -> tuple[set[int], dict[str, set[str]]]:
+    """Where the crashed run's token paths have holes (invariant 8): the source rows to read
+    again, and per token the aggregations whose output of it must go out again (a hole past
+    a flush). Each node's audit commits on its own, so a row can have outcomes further on while
+    an earlier step's record is missing; redoing the work fills exactly the holes (ids are
+    deterministic), and sinks and aggregations skip what they already hold."""
+    with store.engine.connect() as conn:
+        holes = [p for p in path_problems(conn, run_id, check_flushes=False) if p.missing]
+    rows = {p.row_index for p in holes if p.redo_from is None}
+    outputs: dict[str, set[str]] = defaultdict(set)
+    for p in holes:
+        if p.redo_from is not None:
+            outputs[p.token_id].add(p.redo_from)
+    return rows, outputs
+
+
+def _outputs_to_reemit(store: LandscapeStore, run_id: str, batches: dict[str, Any], ended: set[str],
+                       redo: dict[str, set[str]]) -> dict[str, list[TokenInfo]]:
+    """Outputs of completed flushes to send on again: those that went no further, once, after
+    the furthest-downstream aggregation that output it (a passthrough chain repeats token ids);
+    and those with a hole past an aggregation (``redo``), after that aggregation."""
     position = {n["node_id"]: n["position"] for n in store.table_rows(s.nodes, run_id)}
     latest: dict[str, tuple[int, str, int, str]] = {}
+    holed: set[tuple[str, int, str]] = set()
     for out in store.table_rows(s.batch_outputs, run_id):
         batch = batches[out["batch_id"]]
-        if batch["status"] != BatchStatus.COMPLETED.value or out["token_id"] in ended:
+        if batch["status"] != BatchStatus.COMPLETED.value:
             continue
-        node = batch["aggregation_node_id"]
+        node, tid = batch["aggregation_node_id"], out["token_id"]
+        if node in redo.get(tid, ()):
+            holed.add((out["batch_id"], out["ordinal"], out["token_json"]))
+        if tid in ended:
+            continue
         candidate = (position.get(node, 0), out["batch_id"], out["ordinal"], out["token_json"])
-        if out["token_id"] not in latest or candidate[0] > latest[out["token_id"]][0]:
-            latest[out["token_id"]] = candidate
+        if tid not in latest or candidate[0] > latest[tid][0]:
+            latest[tid] = candidate
+    chosen = holed | {(batch_id, ordinal, token_json) for _, batch_id, ordinal, token_json in latest.values()}
     reemit: dict[str, list[TokenInfo]] = defaultdict(list)
-    for _, batch_id, _, token_json in sorted(latest.values(), key=lambda c: (c[1], c[2])):
+    for batch_id, _, token_json in sorted(chosen):
         reemit[batches[batch_id]["aggregation_node_id"]].append(TokenInfo.from_json_bytes(token_json.encode()))
     return reemit
 
@@ -211,7 +239,7 @@ def _interrupted(run_id: str, batch: dict[str, Any], members: tuple[TokenInfo, .
              f"retried by resume as attempt {attempt + 1}", "node_id": node, "traceback": []}
     return [
         NodeStateRecorded(run_id=run_id, state_id=state_id, node_id=node, batch_id=batch["batch_id"], attempt=attempt,
-                          status=NodeStateStatus.FAILED, input_hash=stable_hash([m.row for m in members]),
+                          status=NodeStateStatus.FAILED, input_hash=rows_hash(m.row for m in members),
                           duration_ms=0.0, error_json=json.dumps(error, sort_keys=True), started_at=now, completed_at=now),
         BatchRecorded(run_id=run_id, batch_id=batch["batch_id"], node_id=node, key=batch["key"], sequence=batch["sequence"],
                       attempt=attempt, status=BatchStatus.FAILED, trigger_type=TriggerType.INTERRUPTED,
