@@ -11,7 +11,7 @@ random crash point (``ELSPETH_FAULT`` after_rows:N / in_flush) — then kills th
 once more at a random moment, and resumes until the run is completed. Checked against the
 uninterrupted run:
 
-- every sink's merged file equal as a multiset of lines;
+- every sink's merged file equal as a multiset of records;
 - every row's records equal, ignoring timestamps and durations: rows, tokens and their
   parents, node_states with their hashes, routing events, token outcomes, and per batch
   (aggregation, key, sequence) its final attempt's trigger, flush hashes, members and outputs
@@ -26,6 +26,7 @@ The command prints one line per iteration and a total; it exits 1 on any differe
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import signal
@@ -43,6 +44,7 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from elspeth_beam import bench
+from elspeth_beam.core.canonical import canonical_json
 
 RUN_ID = "fuzz"
 AGGREGATION = "totals"
@@ -194,14 +196,20 @@ class Outcome:
 
 def crash_and_resume(ws: Workspace, crash: Crash, max_resumes: int = 6) -> Outcome:
     """Run, crash as told, resume (killed once more if told) until the run is completed."""
-    outcome = Outcome()
     proc = start_run(ws, crash.fault)
     if crash.target == "fault":
-        outcome.kills += finish(proc)[0] == 137
+        kills = finish(proc)[0] == 137
     else:
-        outcome.kills += kill_after(proc, crash.delay, crash.target)
+        kills = kill_after(proc, crash.delay, crash.target)
         finish(proc)
-    resume_delay = crash.resume_delay
+    outcome = resume_until_completed(ws, crash.resume_delay, max_resumes)
+    outcome.kills += kills
+    return outcome
+
+
+def resume_until_completed(ws: Workspace, resume_delay: float | None = None, max_resumes: int = 6) -> Outcome:
+    """Resume the crashed run (the first resume SIGKILLed after ``resume_delay`` s) until completed."""
+    outcome = Outcome()
     while run_status(ws) != "completed":
         if outcome.resumes >= max_resumes:
             outcome.differences.append(f"the run is still {run_status(ws)!r} after {max_resumes} resumes")
@@ -221,9 +229,12 @@ def crash_and_resume(ws: Workspace, crash: Crash, max_resumes: int = 6) -> Outco
 # ---- what must be equal -------------------------------------------------------------------------
 
 
-def sink_lines(ws: Workspace) -> dict[str, Counter[str]]:
+def sink_lines(ws: Workspace) -> dict[str, Counter[bytes]]:
+    """Each sink's records as canonical JSON: a row restored from a checkpoint (sorted keys)
+    is the same record as the original, whatever its key order."""
     sinks = yaml.safe_load(ws.settings_file.read_text())["sinks"]
-    return {name: Counter(Path(sink["options"]["path"]).read_text().splitlines()) for name, sink in sinks.items()}
+    return {name: Counter(canonical_json(json.loads(line)) for line in Path(sink["options"]["path"]).read_text().splitlines())
+            for name, sink in sinks.items()}
 
 
 _QUERIES = {
