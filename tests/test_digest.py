@@ -323,7 +323,8 @@ def test_flipped_run_status_is_caught(finished, tmp_path):
 def test_record_and_its_digest_edited_together_are_caught_by_the_root(finished, tmp_path):
     db, run_id = finished
     db = _copy(db, tmp_path / "l.db")
-    state_id = _sql(db, "SELECT state_id FROM node_states ORDER BY state_id LIMIT 1")[0][0]
+    # a sink state: its output hash names its part, which no hash-chain check re-derives
+    state_id = _sql(db, "SELECT state_id FROM node_states WHERE node_id LIKE 'sink:%' ORDER BY state_id LIMIT 1")[0][0]
     _sql(db, "UPDATE node_states SET output_hash = ? WHERE state_id = ?", "0" * 64, state_id)
     # the attacker recomputes the record's hash and rewrites its entry in record_digests
     store = LandscapeStore.open_existing(str(db))

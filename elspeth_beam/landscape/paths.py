@@ -24,7 +24,7 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Table, func, select
 from sqlalchemy.engine import Connection
@@ -103,8 +103,7 @@ class RecordedGraph:
 # ---- what one window of row positions recorded ------------------------------------------
 
 
-@dataclass(frozen=True)
-class _State:
+class _State(NamedTuple):  # a tuple: one per node_state, made by the hundred thousand
     state_id: str
     status: str
     input_hash: str | None
@@ -125,6 +124,27 @@ def _between(column: Any, kind: str, lo: int, hi: int) -> Any:
     return column.between(f"{kind}_{ids.position(lo)}", f"{kind}_{ids.position(hi - 1)}~")
 
 
+def _fetch(conn: Connection, stmt: Any) -> list[tuple]:
+    """Rows as plain tuples straight from the driver: building SQLAlchemy rows cost as much as
+    the queries themselves for the hundreds of thousands of records a window holds."""
+    compiled = stmt.compile(dialect=conn.dialect)
+    params: Any = compiled.construct_params()
+    if compiled.positional:
+        params = tuple(params[name] for name in compiled.positiontup or ())
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(str(compiled), params)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _of_run(column: Any, run_id: str) -> Any:
+    """``run_id = :run`` written so that SQLite reads the id range's index, not the run's
+    (without statistics it prefers the equality, and scans the whole run per window)."""
+    return column.concat("") == run_id
+
+
 @dataclass
 class _Window:
     tokens: dict[str, tuple[str, str, str | None, str | None]]  # token → (row_id, created at, branch, first parent)
@@ -134,7 +154,7 @@ class _Window:
     arrivals: dict[tuple[str, str], str | None]  # (token, aggregation) → row hash of its buffered checkpoint
     memberships: dict[str, list[tuple[str, int]]]  # token → (batch, ordinal)
     outputs: dict[str, dict[str, tuple[int, str]]]  # token → batch → (ordinal, the output row's hash)
-    rows: dict[str, tuple[int, str, Any]]  # row_id → (index, source_data_hash, raw record or None)
+    rows: dict[str, tuple[int, str, str | None]]  # row_id → (index, source_data_hash, payload_json)
     children: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # forked token → its children's branches
 
     @classmethod
@@ -142,47 +162,47 @@ class _Window:
         t, tp, ns, re_, o, bm, bo, r = (s.tokens, s.token_parents, s.node_states, s.routing_events, s.token_outcomes,
                                         s.batch_members, s.batch_outputs, s.rows)
         window = cls({}, defaultdict(dict), defaultdict(list), defaultdict(list), {}, defaultdict(list), defaultdict(dict), {})
-        parents = dict(conn.execute(
+        parents = dict(_fetch(conn,
             select(tp.c.token_id, tp.c.parent_token_id).where(_between(tp.c.token_id, "tok", lo, hi), tp.c.ordinal == 0)
-        ).all())
-        for tid, row_id, created, branch in conn.execute(
+        ))
+        for tid, row_id, created, branch in _fetch(conn,
             select(t.c.token_id, t.c.row_id, t.c.created_at_node, t.c.branch_name)
-            .where(_between(t.c.token_id, "tok", lo, hi), t.c.run_id == run_id)
-        ).all():
+            .where(_between(t.c.token_id, "tok", lo, hi), _of_run(t.c.run_id, run_id))
+        ):
             window.tokens[tid] = (row_id, created, branch, parents.get(tid))
             if branch is not None and tid in parents:
                 window.children[parents[tid]].add(branch)
-        for tid, node, *state in conn.execute(
+        for tid, node, *state in _fetch(conn,
             select(ns.c.token_id, ns.c.node_id, ns.c.state_id, ns.c.status, ns.c.input_hash, ns.c.output_hash)
-            .where(_between(ns.c.token_id, "tok", lo, hi), ns.c.run_id == run_id)
-        ).all():
+            .where(_between(ns.c.token_id, "tok", lo, hi), _of_run(ns.c.run_id, run_id))
+        ):
             window.states[tid][node] = _State(*state)
-        for state_id, destination in conn.execute(
-            select(re_.c.state_id, re_.c.destination).where(_between(re_.c.state_id, "st", lo, hi), re_.c.run_id == run_id)
-        ).all():
+        for state_id, destination in _fetch(conn,
+            select(re_.c.state_id, re_.c.destination).where(_between(re_.c.state_id, "st", lo, hi), _of_run(re_.c.run_id, run_id))
+        ):
             window.routes[state_id].append(destination)
-        for tid, outcome, node, is_terminal, token_json in conn.execute(
+        for tid, outcome, node, is_terminal, token_json in _fetch(conn,
             select(o.c.token_id, o.c.outcome, o.c.node_id, o.c.is_terminal, o.c.token_json)
-            .where(_between(o.c.token_id, "tok", lo, hi), o.c.run_id == run_id)
-        ).all():
+            .where(_between(o.c.token_id, "tok", lo, hi), _of_run(o.c.run_id, run_id))
+        ):
             if is_terminal:
                 window.terminal[tid].append((outcome, node))
             elif outcome == "buffered":
                 window.arrivals[(tid, node)] = _row_hash(token_json, hasher)
-        for tid, batch_id, ordinal in conn.execute(
+        for tid, batch_id, ordinal in _fetch(conn,
             select(bm.c.token_id, bm.c.batch_id, bm.c.ordinal).where(bm.c.run_id == run_id, _between(bm.c.token_id, "tok", lo, hi))
-        ).all():
+        ):
             window.memberships[tid].append((batch_id, ordinal))
-        for batch_id, tid, ordinal, token_json in conn.execute(
+        for batch_id, tid, ordinal, token_json in _fetch(conn,
             select(bo.c.batch_id, bo.c.token_id, bo.c.ordinal, bo.c.token_json)
             .where(bo.c.run_id == run_id, _between(bo.c.token_id, "tok", lo, hi))
-        ).all():
+        ):
             window.outputs[tid][batch_id] = (ordinal, _row_hash(token_json, hasher))
-        for row_id, index, source_hash, payload in conn.execute(
+        for row_id, index, source_hash, payload in _fetch(conn,
             select(r.c.row_id, r.c.row_index, r.c.source_data_hash, r.c.payload_json)
-            .where(_between(r.c.row_id, "row", lo, hi), r.c.run_id == run_id)
-        ).all():
-            window.rows[row_id] = (index, source_hash, json.loads(payload).get("raw") if payload else None)
+            .where(_between(r.c.row_id, "row", lo, hi), _of_run(r.c.run_id, run_id))
+        ):
+            window.rows[row_id] = (index, source_hash, payload)
         return window
 
     def token_ids(self) -> list[str]:
@@ -341,7 +361,8 @@ class PathChecker:
             return False
         walk.node = node.error_sink
         if node.node_type == "source":
-            raw = window.rows.get(window.tokens[walk.token_id][0], (0, None, None))[2]
+            payload = window.rows.get(window.tokens[walk.token_id][0], (0, None, None))[2]
+            raw = json.loads(payload).get("raw") if payload else None  # a record that did not parse keeps its raw text
             walk.carried = self.hasher(raw_row(raw)) if raw is not None else None
         else:
             walk.carried = state.input_hash
