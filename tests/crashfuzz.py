@@ -363,7 +363,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=20_000, help="source rows of the generated input")
     parser.add_argument("--seed", type=int, default=7, help="seed of the input and of the crash moments")
     parser.add_argument("--workdir", type=Path, help="keep every run's folder here (default: a temporary folder)")
+    parser.add_argument("--prepare", type=Path, metavar="DIR",
+                        help="only write the input and DIR/pipeline.yaml (Landscape DIR/landscape.db), to crash by hand")
     args = parser.parse_args(argv)
+    if args.prepare:
+        args.prepare.mkdir(parents=True, exist_ok=True)
+        write_input(args.prepare / "input.csv", args.rows, args.seed)
+        ws = Workspace(args.prepare.resolve(), (args.prepare / "input.csv").resolve()).prepare()
+        print(f"wrote {ws.settings_file} ({args.rows} rows); its Landscape: {ws.url}")
+        return 0
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="crashfuzz-"))
     kills = resumes = failed = 0
     for i, (crash, outcome) in enumerate(fuzz(args.runs, args.rows, args.seed, workdir)):

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection
 
 from elspeth_beam.core import ids
@@ -120,8 +120,9 @@ class _Batch:
 
 
 def _between(column: Any, kind: str, lo: int, hi: int) -> Any:
-    """Ids of ``kind`` whose position is in [lo, hi): a range of the column's index."""
-    return column.between(f"{kind}_{ids.position(lo)}", f"{kind}_{ids.position(hi - 1)}~")
+    """Ids of ``kind`` whose position is in [lo, hi): a range of the column's index. (Bounds of
+    hex digits only, which every collation orders alike — PostgreSQL's need not be C.)"""
+    return and_(column >= f"{kind}_{ids.position(lo)}", column < f"{kind}_{ids.position(hi)}")
 
 
 def _fetch(conn: Connection, stmt: Any) -> list[tuple]:
@@ -232,7 +233,7 @@ class _Walk:
     problems: list[PathProblem] = field(default_factory=list)
 
     def problem(self, table: str, key: str, detail: str, *, missing: bool = True) -> None:
-        self.problems.append(PathProblem(table, key, self.token_id, self.row_index, self.node or "-", detail,
+        self.problems.append(PathProblem(table, key, self.token_id, self.row_index, self.node or "(no node)", detail,
                                          self.redo_from, missing))
 
 
@@ -248,6 +249,7 @@ class PathChecker:
         )}
         self._arrivals: dict[str, list[tuple[int, str | None]]] = defaultdict(list)  # batch → members' (ordinal, hash)
         self._outputs: dict[str, list[tuple[int, str | None]]] = defaultdict(list)  # batch → outputs' (ordinal, hash)
+        self.walked = 0  # tokens whose paths were walked so far
 
     def _batches(self) -> dict[str, _Batch]:
         b, ns = s.batches, s.node_states
@@ -264,6 +266,7 @@ class PathChecker:
             window = _Window.read(self.conn, self.run_id, lo, lo + WINDOW_ROWS, self.hasher)
             self._collect_flush_rows(window)
             for tid in window.token_ids():
+                self.walked += 1
                 yield from self._walk(window, tid)
         if self.check_flushes:
             yield from self._flush_links()
@@ -348,7 +351,7 @@ class PathChecker:
             return True
         walk.node = None  # forked: the children go on (each walked on its own)
         for dest in sorted(set(destinations) - window.children.get(walk.token_id, set())):
-                walk.problem("tokens", f"child of {walk.token_id} for {dest}", "the gate forked but the child token is not recorded")
+            walk.problem("tokens", f"child of {walk.token_id} for {dest}", "the gate forked but the child token is not recorded")
         return False
 
     def _diverted(self, window: _Window, walk: _Walk, node: RecordedNode, state: _State, ended_here: bool) -> bool:

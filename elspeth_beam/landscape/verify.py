@@ -31,7 +31,7 @@ from elspeth_beam.config.secrets import SecretsRecorded
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.core.canonical import CANONICAL_VERSION, stable_hash
 from elspeth_beam.landscape.digest import DigestCheck, DigestFormatError, canonical_version, check_digest, describe_key
-from elspeth_beam.landscape.paths import PathProblem, path_problems
+from elspeth_beam.landscape.paths import PathChecker, PathProblem
 from elspeth_beam.landscape.store import LandscapeStore, run_rows
 
 _EXAMPLES = 5
@@ -145,7 +145,7 @@ def verify_run(store: LandscapeStore, run_id: str, *, expected_digest: str | Non
             report.problems.append(
                 f"{len(unlinked)} batch(es) lack a flush node_state at their aggregation node: {_examples(unlinked)}"
             )
-        report.problems += _lineage(conn, run_id) + _parts(conn, run_id) + _references(conn, run_id) + _paths(conn, run)
+        report.problems += _lineage(conn, run_id) + _parts(conn, run_id) + _references(conn, run_id) + _paths(conn, run, report.checked)
         digest = check_digest(conn, run, expected_digest)
     report.digest = digest
     report.problems += digest.problems + _digest_problems(digest)
@@ -211,7 +211,7 @@ def _parts(conn: Connection, run_id: str) -> list[str]:
             f"or lack rows: {_examples(examples)}"]
 
 
-def _paths(conn: Connection, run: dict[str, Any]) -> list[str]:
+def _paths(conn: Connection, run: dict[str, Any], checked: dict[str, int]) -> list[str]:
     """Invariant 8: every token's path is recorded without a hole and its hashes chain; one
     line per kind of problem, naming the records (table, key, row index). Hashes are re-derived
     in the canonical form the run used; flushes hashed their members' rows whole before
@@ -222,8 +222,10 @@ def _paths(conn: Connection, run: dict[str, Any]) -> list[str]:
         version = CANONICAL_VERSION
     hasher = functools.partial(stable_hash, version=version)
     grouped: dict[tuple[str, str, str], list[PathProblem]] = defaultdict(list)
-    for problem in path_problems(conn, run["run_id"], hasher, check_flushes=version >= 2):
+    checker = PathChecker(conn, run["run_id"], hasher, check_flushes=version >= 2)
+    for problem in checker.problems():
         grouped[(problem.table, problem.node_id, problem.detail.split(" — ")[0])].append(problem)
+    checked["token paths"] = checker.walked
     lines = []
     for (table, node, _), found in grouped.items():
         kind = "hole(s) in a token's path" if found[0].missing else "broken link(s) in the hash chain"
