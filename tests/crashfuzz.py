@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from elspeth_beam import bench
 from elspeth_beam.core.canonical import canonical_json
@@ -164,9 +164,14 @@ def finish(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str]:
 
 
 def run_status(ws: Workspace) -> str | None:
+    """The run's status; None while the Landscape holds no record of it (killed before it began)."""
+    if not (ws.root / "landscape.db").exists():
+        return None
     engine = create_engine(ws.url)
     try:
         with engine.connect() as conn:
+            if not inspect(conn).has_table("runs"):
+                return None
             return conn.execute(text("SELECT status FROM runs WHERE run_id = :r"), {"r": RUN_ID}).scalar()
     finally:
         engine.dispose()
@@ -202,6 +207,10 @@ def crash_and_resume(ws: Workspace, crash: Crash, max_resumes: int = 6) -> Outco
     else:
         kills = kill_after(proc, crash.delay, crash.target)
         finish(proc)
+    if run_status(ws) is None:  # killed before the run was recorded: there is nothing to resume, run it again
+        rc, err = finish(start_run(ws))
+        if rc != 0:
+            return Outcome(kills, differences=[f"the run, started again, exited {rc}: {err}"])
     outcome = resume_until_completed(ws, crash.resume_delay, max_resumes)
     outcome.kills += kills
     return outcome
@@ -333,7 +342,7 @@ def _diff(what: str, want: Counter, got: Counter) -> list[str]:
 def random_crash(rng: random.Random, ref: Reference, rows: int) -> Crash:
     """SIGKILL of the pipeline or of the writer, or a crash point; the first resume killed too."""
     target = rng.choice(("pipeline", "writer", "fault"))
-    crash = Crash(target, delay=rng.uniform(2.0, max(2.5, 0.9 * ref.seconds)))
+    crash = Crash(target, delay=rng.uniform(0.5, max(2.5, 0.9 * ref.seconds)))  # from before the run is recorded
     if target == "fault":
         crash.fault = (f"after_rows:{rng.randrange(1, rows)}" if rng.random() < 0.6
                        else f"in_flush:{AGGREGATION}:{rng.randrange(1, max(2, ref.flushes))}")
