@@ -22,7 +22,6 @@ from sqlalchemy import select
 from elspeth_beam.config.loader import LoadedPipeline, load_settings_dict
 from elspeth_beam.config.secrets import KEY_ENV, Fingerprinter, SecretsRecorded
 from elspeth_beam.core import ids
-from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.core.chain import rows_hash
 from elspeth_beam.core.enums import BatchStatus, NodeStateStatus, RunStatus, TriggerType
 from elspeth_beam.core.errors import ElspethError
