@@ -4,8 +4,8 @@ The Landscape is the checkpoint on the DirectRunner: tokens buffered in aggregat
 their full TokenInfo (the ``buffered`` outcome's token_json), source rows keep their payload
 and every finished token has its terminal outcome. Resume marks batches left draft/executing
 ``failed`` (trigger ``interrupted``, with a failed node_state saying why), rebuilds each as
-attempt + 1 with the same members in the same order, re-reads only the rows the Landscape does
-not account for, lets sinks skip tokens already written, and runs the rest of the pipeline
+attempt + 1 with the same members in the same order, re-reads the rows the Landscape does
+not account for or whose audit path has a hole (invariant 8; a hole past a flush re-emits its output), lets sinks skip tokens already written, and runs the rest of the pipeline
 under the same run id — so every row ends with exactly one terminal outcome per path and each
 sink holds every output exactly once.
 """
