@@ -39,11 +39,11 @@ from elspeth_beam.landscape.verify import verify_run
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _settings(tmp: Path) -> dict[str, Any]:
+def _settings(tmp: Path, rows: int = 16) -> dict[str, Any]:
     """source → gate (every 4th row to ``big``) → per-key count-3 aggregation → ``totals``:
     every table of the Landscape gets records, token_parents and batches included."""
     data = tmp / "in.jsonl"
-    data.write_text("".join(json.dumps({"k": "ab"[i % 2], "v": i + 0.5}) + "\n" for i in range(16)))
+    data.write_text("".join(json.dumps({"k": "ab"[i % 2], "v": i + 0.5}) + "\n" for i in range(rows)))
     return {
         "source": {"plugin": "jsonl", "on_success": "raw", "options": {"path": str(data)}},
         "gates": [{"name": "split", "input": "raw", "condition": "row['v'] % 4 < 1", "on_error": "quarantine",

@@ -9,13 +9,13 @@ to name the state or the token by id (a bare "not ok" would leave the auditor se
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_digest import _settings as digest_pipeline
 from sqlalchemy import text
 
 from elspeth_beam import testing
@@ -27,20 +27,9 @@ ROLLUP = "aggregation:rollup"
 
 
 def _settings(tmp: Path) -> dict[str, Any]:
-    """source → gate (every 4th row to ``big``) → per-key count-3 aggregation → ``totals``:
-    token states, flush states and terminal outcomes at sinks and at the aggregation."""
-    data = tmp / "in.jsonl"
-    data.write_text("".join(json.dumps({"k": "ab"[i % 2], "v": i + 0.5}) + "\n" for i in range(12)))
-    return {
-        "source": {"plugin": "jsonl", "on_success": "raw", "options": {"path": str(data)}},
-        "gates": [{"name": "split", "input": "raw", "condition": "row['v'] % 4 < 1", "on_error": "quarantine",
-                   "routes": {"true": "big", "false": "tobatch"}}],
-        "aggregations": [{"name": "rollup", "plugin": "batch_stats", "input": "tobatch", "on_success": "totals",
-                          "on_error": "quarantine", "group_by": ["k"], "trigger": {"count": 3},
-                          "output_mode": "single", "options": {"fields": ["v"]}}],
-        "sinks": {"big": {"plugin": "jsonl", "options": {"path": str(tmp / "out" / "big.jsonl")}},
-                  "totals": {"plugin": "jsonl", "options": {"path": str(tmp / "out" / "totals.jsonl")}}},
-    }
+    """test_digest's pipeline (gate, count-3 aggregation, two sinks) on 12 rows: token states,
+    flush states and terminal outcomes at sinks and at the aggregation."""
+    return digest_pipeline(tmp, rows=12)
 
 
 @pytest.fixture
