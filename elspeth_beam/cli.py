@@ -179,7 +179,7 @@ def _store(landscape: str):
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from elspeth_beam.landscape import explain
+    from elspeth_beam.inspect import explain
 
     store = _store(args.landscape)
     run_id = args.run or store.latest_run_id()
@@ -206,7 +206,7 @@ def _cmd_resume(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from elspeth_beam.landscape.summary import list_runs
+    from elspeth_beam.inspect.summary import list_runs
 
     store = _store(args.landscape_url or args.landscape or DEFAULT_LANDSCAPE)
     runs = list_runs(store)
@@ -223,7 +223,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from elspeth_beam.landscape.show import render_text, show_run
+    from elspeth_beam.inspect.show import render_text, show_run
 
     store, run_id = _run_store(args)
     details = show_run(store, run_id, top=args.top)
@@ -232,7 +232,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from elspeth_beam.landscape.export import export_run
+    from elspeth_beam.inspect.export import export_run
 
     store, run_id = _run_store(args)
     manifest = export_run(store, run_id, args.out, args.format, force=args.force)
@@ -251,7 +251,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from elspeth_beam.landscape.verify import verify_run
+    from elspeth_beam.inspect.verify import verify_run
 
     store, run_id = _run_store(args)
     report = verify_run(store, run_id, expected_digest=args.expect_digest)
@@ -260,7 +260,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from elspeth_beam.landscape.report import build_report, write_report
+    from elspeth_beam.inspect.report import build_report, write_report
 
     if args.top < 0:
         raise ElspethError(f"--top {args.top}: give the number of reasons to list, 0 or more")

@@ -28,7 +28,7 @@ from elspeth_beam.core.errors import ElspethError
 from elspeth_beam.core.events import AuditEvent, BatchRecorded, NodeStateRecorded, utc_now
 from elspeth_beam.core.tokens import TokenInfo
 from elspeth_beam.landscape import schema as s
-from elspeth_beam.landscape.paths import path_problems
+from elspeth_beam.inspect.paths import path_problems
 from elspeth_beam.landscape.store import LandscapeStore
 from elspeth_beam.pipeline.restore import AggregationRestore, PipelineRestore, RestoredStateError, RetryBatch
 from elspeth_beam.run import RunResult, execute_run

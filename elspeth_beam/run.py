@@ -30,11 +30,11 @@ from elspeth_beam.core.enums import NodeType, RunStatus
 from elspeth_beam.core.errors import ElspethError, PipelineFailedError, PreflightError, RunInterruptedError
 from elspeth_beam.core.events import utc_now
 from elspeth_beam.landscape import schema as s
-from elspeth_beam.landscape.digest import DIGESTED_IN_PIPELINE_PROCESS, EVENT_TABLES, digest_tables_apart
+from elspeth_beam.auditlog.digest import DIGESTED_IN_PIPELINE_PROCESS, EVENT_TABLES, digest_tables_apart
 from elspeth_beam.landscape.store import DEFAULT_URL, LandscapeStore, absolute_url, normalize_url
-from elspeth_beam.landscape.writer_process import AuditWriter, AuditWriterError
-from elspeth_beam.landscape.summary import display_url, render_text, summarize
-from elspeth_beam.landscape.verify import VerifyReport, verify_run
+from elspeth_beam.auditlog.writer_process import AuditWriter, AuditWriterError
+from elspeth_beam.inspect.summary import display_url, render_text, summarize
+from elspeth_beam.inspect.verify import VerifyReport, verify_run
 from elspeth_beam.pipeline.builder import BuiltPipeline, apply_graph
 from elspeth_beam.pipeline.restore import PipelineRestore
 from elspeth_beam.pipeline.sink import merge_sink

@@ -24,7 +24,7 @@ from elspeth_beam.config.loader import LoadedPipeline, load_settings_dict
 from elspeth_beam.core.events import AUDIT_EVENTS_ADAPTER, AuditEvent
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
-from elspeth_beam.landscape.verify import VerifyReport, verify_run
+from elspeth_beam.inspect.verify import VerifyReport, verify_run
 from elspeth_beam.pipeline.builder import BuiltPipeline
 from elspeth_beam.run import RunResult, execute_run
 

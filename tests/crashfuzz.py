@@ -121,7 +121,7 @@ def start_resume(ws: Workspace) -> subprocess.Popen:
 
 
 def writer_pid(parent: int) -> int | None:
-    """The Landscape writer child of a pipeline process (landscape/writer_process.py)."""
+    """The Landscape writer child of a pipeline process (auditlog/writer_process.py)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -131,7 +131,7 @@ def writer_pid(parent: int) -> int | None:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == parent and b"elspeth_beam.landscape.writer_process" in cmdline:
+        if ppid == parent and b"elspeth_beam.auditlog.writer_process" in cmdline:
             return int(entry.name)
     return None
 
@@ -287,7 +287,7 @@ def audit_snapshot(ws: Workspace) -> dict[str, Counter[tuple]]:
 
 def verify_problems(ws: Workspace) -> list[str]:
     from elspeth_beam.landscape.store import LandscapeStore
-    from elspeth_beam.landscape.verify import verify_run
+    from elspeth_beam.inspect.verify import verify_run
 
     store = LandscapeStore(ws.url, create=False)
     try:

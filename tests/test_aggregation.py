@@ -27,7 +27,7 @@ from elspeth_beam import testing
 from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.core.chain import rows_hash as flush_hash
 
-from elspeth_beam.landscape import explain
+from elspeth_beam.inspect import explain
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
 
@@ -594,7 +594,7 @@ def test_resume_sends_a_failed_flushs_members_on_to_the_error_sink_they_never_re
     Landscape holds the failed batch and the members' ``buffered`` checkpoints, but no terminal
     outcome for them and no part of the sink. Resume sends each member on with the flush's
     error, exactly once, and the run verifies."""
-    from elspeth_beam.landscape.verify import verify_run
+    from elspeth_beam.inspect.verify import verify_run
     from elspeth_beam.resume import resume_run
 
     settings = agg_settings(tmp_path, BOOM_ROWS, plugin="agg_plugins_for_tests.Boom", options={}, count=3, on_error="rejects")

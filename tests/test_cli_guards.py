@@ -23,7 +23,7 @@ from elspeth_beam.cli import main, unknown_beam_args
 from elspeth_beam.core.errors import LandscapeError, RunExistsError
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
-from elspeth_beam.landscape.verify import verify_run
+from elspeth_beam.inspect.verify import verify_run
 
 
 def _yaml(path: Path, settings: dict[str, Any]) -> Path:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import crashfuzz
-from elspeth_beam.landscape.paths import path_problems
+from elspeth_beam.inspect.paths import path_problems
 from elspeth_beam.landscape.store import LandscapeStore
 
 ROWS = 7000  # enough that a sink writes a part (5000 rows) before the crash: rows with outcomes and holes

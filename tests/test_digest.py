@@ -21,7 +21,7 @@ from elspeth_beam.core.errors import LandscapeError
 from elspeth_beam.core.events import NodeStateRecorded, RowRecorded, TokenCreated
 from elspeth_beam.core.enums import NodeStateStatus
 from elspeth_beam.landscape import schema as s
-from elspeth_beam.landscape.digest import (
+from elspeth_beam.auditlog.digest import (
     DIGESTED_IN_PIPELINE_PROCESS,
     DIGESTED_TABLES,
     EVENT_TABLES,
@@ -34,7 +34,7 @@ from elspeth_beam.landscape.digest import (
     write_digest,
 )
 from elspeth_beam.landscape.store import LandscapeStore
-from elspeth_beam.landscape.verify import verify_run
+from elspeth_beam.inspect.verify import verify_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -504,7 +504,7 @@ def test_dangling_reference_and_token_adrift_are_problems(finished, tmp_path):
 def test_event_tables_digested_by_the_writer_process_give_the_same_root(finished, tmp_path):
     """The run's end digests the event tables in the writer process, while it verifies: the
     root is the one an in-process digest of the same records gives."""
-    from elspeth_beam.landscape.writer_process import AuditWriter
+    from elspeth_beam.auditlog.writer_process import AuditWriter
 
     db, run_id = finished
     stored = _sql(db, "SELECT digest_root FROM runs")[0][0]
@@ -550,7 +550,7 @@ def test_verify_names_a_sink_part_whose_rows_are_placed_elsewhere(finished, tmp_
 def test_a_run_digests_in_its_own_process_when_the_writer_cannot(tmp_path, monkeypatch, when):
     """The writer process's share of the digest falls back to this process, whether the
     writer is gone before the request or fails it: the run still finishes with a digest."""
-    from elspeth_beam.landscape.writer_process import AuditWriter, AuditWriterError
+    from elspeth_beam.auditlog.writer_process import AuditWriter, AuditWriterError
 
     def gone(*_args, **_kwargs):
         raise AuditWriterError("the audit writer process exited (code -9)")

@@ -15,7 +15,7 @@ from conftest import QUICKSTART, REPO, retarget
 
 from elspeth_beam import testing
 from elspeth_beam.core.canonical import stable_hash
-from elspeth_beam.landscape import explain
+from elspeth_beam.inspect import explain
 from elspeth_beam.landscape import schema as s
 
 ORDERS = REPO / "pipelines" / "data" / "orders.csv"

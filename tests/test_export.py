@@ -25,7 +25,7 @@ from sqlalchemy import Boolean, Column, Float, Integer, MetaData, String, Table,
 import elspeth_beam
 from elspeth_beam import testing
 from elspeth_beam.cli import main
-from elspeth_beam.landscape import export as ex
+from elspeth_beam.inspect import export as ex
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import RUN_TABLES, LandscapeStore
 

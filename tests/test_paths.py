@@ -1,4 +1,4 @@
-"""Invariant 8: verify names every hole and broken link in a token's path (landscape/paths.py).
+"""Invariant 8: verify names every hole and broken link in a token's path (inspect/paths.py).
 
 One real run of the crash-fuzz pipeline (transform, fork gate, count aggregation, three sinks,
 a few malformed rows); each test breaks a copy of its Landscape with plain SQL, the way a lost
@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import crashfuzz
 from elspeth_beam import testing
-from elspeth_beam.landscape.paths import PathProblem, path_problems
+from elspeth_beam.inspect.paths import PathProblem, path_problems
 from elspeth_beam.landscape.store import LandscapeStore
-from elspeth_beam.landscape.verify import verify_run
+from elspeth_beam.inspect.verify import verify_run
 
 ROWS = 300
 

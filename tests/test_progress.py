@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from elspeth_beam import testing
 from elspeth_beam.landscape import schema as s
-from elspeth_beam.landscape.summary import display_url, render_text, summarize
+from elspeth_beam.inspect.summary import display_url, render_text, summarize
 from elspeth_beam.landscape.store import LandscapeStore
 from elspeth_beam.progress import (
     Counts,

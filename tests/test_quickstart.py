@@ -76,7 +76,7 @@ def test_a_sink_writes_bounded_parts_that_merge_to_exactly_its_rows(quickstart_s
     import json
 
     from elspeth_beam.core.events import ArtifactRecorded, OutcomeRecorded
-    from elspeth_beam.landscape.writer_process import AuditWriter
+    from elspeth_beam.auditlog.writer_process import AuditWriter
     from elspeth_beam.pipeline import landscape_sink, sink
 
     monkeypatch.setattr(sink, "PART_ROWS", 40)

@@ -20,10 +20,11 @@ from sqlalchemy import func, select
 
 from elspeth_beam import testing
 from elspeth_beam.landscape import schema as s
-from elspeth_beam.landscape.report import EdgeReport, NodeReport, build_report
-from elspeth_beam.landscape.summary import display_url as public_url
-from elspeth_beam.landscape.report_graph import graph_svg
-from elspeth_beam.landscape.report_html import render_html
+from elspeth_beam.inspect.report import build_report
+from elspeth_beam.inspect.report_model import EdgeReport, NodeReport
+from elspeth_beam.inspect.summary import display_url as public_url
+from elspeth_beam.inspect.report_graph import graph_svg
+from elspeth_beam.inspect.report_html import render_html
 from elspeth_beam.landscape.store import LandscapeStore
 
 SCRIPT = "<script>alert(1)</script>"

@@ -15,8 +15,8 @@ from conftest import QUICKSTART, retarget
 from PIL import Image
 
 from elspeth_beam import testing
-from elspeth_beam.landscape.report import build_report, write_report
-from elspeth_beam.landscape.report_graph import TYPE_COLOURS
+from elspeth_beam.inspect.report import build_report, write_report
+from elspeth_beam.inspect.report_graph import TYPE_COLOURS
 
 pytestmark = pytest.mark.browser
 

@@ -39,7 +39,7 @@ from resume_helpers import (
 
 from elspeth_beam import testing
 from elspeth_beam.core import ids
-from elspeth_beam.landscape import explain
+from elspeth_beam.inspect import explain
 from elspeth_beam.landscape.store import LandscapeStore
 
 AGG_PASS = "aggregation:pass"

@@ -14,7 +14,7 @@ import yaml
 from elspeth_beam import testing
 from elspeth_beam.cli import main
 from elspeth_beam.landscape.store import LandscapeStore
-from elspeth_beam.landscape.verify import VerifyReport, verify_run
+from elspeth_beam.inspect.verify import VerifyReport, verify_run
 from elspeth_beam.run import failure_reason
 
 

@@ -18,7 +18,7 @@ from elspeth_beam.config.secrets import KEY_ENV, Fingerprinter, SecretsRecorded
 from elspeth_beam.core.canonical import canonical_json
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
-from elspeth_beam.landscape.verify import verify_run
+from elspeth_beam.inspect.verify import verify_run
 from elspeth_beam.resume import ResumeRefusedError, settings_for
 
 REPO = Path(__file__).resolve().parent.parent

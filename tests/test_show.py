@@ -21,7 +21,7 @@ from resume_helpers import cli
 
 from elspeth_beam import testing
 from elspeth_beam.cli import main
-from elspeth_beam.landscape.show import render_text, show_run
+from elspeth_beam.inspect.show import render_text, show_run
 
 ACCOUNTS = REPO / "pipelines" / "accounts.yaml"
 

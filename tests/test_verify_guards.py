@@ -20,7 +20,7 @@ from sqlalchemy import text
 
 from elspeth_beam import testing
 from elspeth_beam.landscape.store import LandscapeStore
-from elspeth_beam.landscape.verify import verify_run
+from elspeth_beam.inspect.verify import verify_run
 
 REPO = Path(__file__).resolve().parent.parent
 ROLLUP = "aggregation:rollup"

@@ -14,7 +14,7 @@ from elspeth_beam.core.enums import Outcome
 from elspeth_beam.core.events import OutcomeRecorded
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import WRITE_STATS, LandscapeStore
-from elspeth_beam.landscape.writer_process import AuditWriter, AuditWriterError
+from elspeth_beam.auditlog.writer_process import AuditWriter, AuditWriterError
 
 
 def _outcomes(n: int, run_id: str = "run-w") -> list[OutcomeRecorded]:
@@ -70,7 +70,7 @@ def test_a_failed_write_is_raised_to_the_bundle_that_sent_it(tmp_path):
 def test_the_child_exits_when_its_pipeline_process_dies(tmp_path):
     script = (
         "import os, sys\n"
-        "from elspeth_beam.landscape.writer_process import AuditWriter\n"
+        "from elspeth_beam.auditlog.writer_process import AuditWriter\n"
         "w = AuditWriter.shared()\n"
         "print(w._proc.pid, flush=True)\n"
         "os._exit(137)\n"

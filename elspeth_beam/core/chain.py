@@ -13,7 +13,7 @@ step, so an auditor can follow one row from the source to every output without a
   member arrived, kept in its ``buffered`` outcome), output = ``members_hash`` of its outputs'
   row hashes; each output token starts from its own row's hash.
 
-``verify`` (landscape/paths.py) re-derives every link from these definitions.
+``verify`` (inspect/paths.py) re-derives every link from these definitions.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""The Landscape: the SQL audit trail, its writer, and the tools that read it."""
+"""The Landscape: the SQL database users query — its tables and its store."""

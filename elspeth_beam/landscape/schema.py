@@ -46,7 +46,7 @@ runs = Table(
     Column("runner", String(64), nullable=False),
     Column("beam_options_json", Text, nullable=False),
     Column("summary_json", Text),
-    Column("digest_root", String(64)),  # sha256 of digest_manifest: copy it elsewhere (landscape/digest.py)
+    Column("digest_root", String(64)),  # sha256 of digest_manifest: copy it elsewhere (auditlog/digest.py)
     Column("digest_manifest", Text),  # canonical JSON: per table, record count and root
 )
 
@@ -233,4 +233,4 @@ record_digests = Table(
     Column("entries", Text, nullable=False),  # canonical JSON [[record_key, record_hash], …], primary-key order
 )
 """Every audit record's hash, written when its run finishes, so ``verify`` can name the record
-that changed (landscape/digest.py); chunks of records, not a row each, keep it small and fast."""
+that changed (auditlog/digest.py); chunks of records, not a row each, keep it small and fast."""

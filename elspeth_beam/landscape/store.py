@@ -34,7 +34,7 @@ from elspeth_beam.landscape import schema as s
 
 DEFAULT_URL = "sqlite:///runs/landscape.db"
 _DEADLOCK_RETRIES = 5
-FINAL_STATUSES = (RunStatus.COMPLETED.value, RunStatus.FAILED.value)  # digested at finish (landscape/digest.py)
+FINAL_STATUSES = (RunStatus.COMPLETED.value, RunStatus.FAILED.value)  # digested at finish (auditlog/digest.py)
 
 
 class WriteStats:
@@ -389,10 +389,10 @@ class LandscapeStore:
     def finish_run(self, run_id: str, status: str, summary: dict[str, Any],
                    digested: dict[str, dict[str, Any]] | None = None) -> None:
         """Mark the run finished and, in the same transaction, digest its records and store the
-        manifest (landscape/digest.py), so verify can tell later edits from what the run wrote.
+        manifest (auditlog/digest.py), so verify can tell later edits from what the run wrote.
         ``digested``: manifest entries of tables digested already (``digest_tables_apart``, by
         this process and the writer process); the rest are digested here."""
-        from elspeth_beam.landscape.digest import write_digest
+        from elspeth_beam.auditlog.digest import write_digest
 
         with self.engine.begin() as conn:
             conn.execute(

@@ -1,6 +1,6 @@
 """WriteLandscape: the audit sink each node's audit stream goes into.
 
-Batches of events go to this process's audit writer child (``landscape/writer_process.py``),
+Batches of events go to this process's audit writer child (``auditlog/writer_process.py``),
 which commits them on the other core while the bundle goes on; ``finish_bundle`` waits until
 all of the bundle's batches are committed, so what Beam counts as done is always in the
 Landscape. (In-process writes took turns with the pipeline for the GIL; a writer thread
@@ -19,7 +19,7 @@ import apache_beam as beam
 
 from elspeth_beam.core.events import AuditEvent
 from elspeth_beam.landscape.store import absolute_url
-from elspeth_beam.landscape.writer_process import AuditWriter
+from elspeth_beam.auditlog.writer_process import AuditWriter
 
 _WRITE_EVERY = 5000  # events per transaction (or one element's, if larger): bounds memory
 

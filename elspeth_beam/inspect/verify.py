@@ -11,10 +11,10 @@
 6. every sink part holds exactly the rows whose outcomes place them there — a part recorded
    again with other boundaries (a runner replaying rows in new bundles) would put rows into
    the merged file twice;
-8. every token's path is complete and its hash chain continuous (landscape/paths.py): each
+8. every token's path is complete and its hash chain continuous (inspect/paths.py): each
    node from the token's creation to its outcome holds its record, each input hash continues
    the previous step's output, a flush's hashes derive from its members and outputs;
-and the run's records still match the digest written when it finished (landscape/digest.py).
+and the run's records still match the digest written when it finished (auditlog/digest.py).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from sqlalchemy.engine import Connection
 from elspeth_beam.config.secrets import SecretsRecorded
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.core.canonical import CANONICAL_VERSION, stable_hash
-from elspeth_beam.landscape.digest import DigestCheck, DigestFormatError, canonical_version, check_digest, describe_key
-from elspeth_beam.landscape.paths import PathChecker, PathProblem
+from elspeth_beam.auditlog.digest import DigestCheck, DigestFormatError, canonical_version, check_digest, describe_key
+from elspeth_beam.inspect.paths import PathChecker, PathProblem
 from elspeth_beam.landscape.store import LandscapeStore, run_rows
 
 _EXAMPLES = 5

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from html import escape
 
-from elspeth_beam.landscape.report import BatchReport, NodeReport, RunReport, SinkReport
-from elspeth_beam.landscape.report_graph import TYPE_COLOURS, graph_svg
+from elspeth_beam.inspect.report_model import BatchReport, NodeReport, RunReport, SinkReport
+from elspeth_beam.inspect.report_graph import TYPE_COLOURS, graph_svg
 
 CSS = """
 :root { --ink:#1f2933; --muted:#607080; --line:#dde3ea; --soft:#f5f7fa; --accent:#1565c0; --bad:#c62828; --ok:#2e7d32; --warn:#ef6c00; }

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from elspeth_beam.core.enums import Outcome
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
-from elspeth_beam.landscape.summary import RunHeader, run_header, summarize
+from elspeth_beam.inspect.summary import RunHeader, run_header, summarize
 
 TOP_REASONS = 10
 _ERROR_OUTCOMES = (Outcome.QUARANTINED.value, Outcome.FAILED.value)

@@ -34,7 +34,7 @@ from typing import IO, Any
 
 from elspeth_beam.core.errors import LandscapeError
 from elspeth_beam.core.events import pack_events, unpack_events
-from elspeth_beam.landscape.digest import digest_tables_apart
+from elspeth_beam.auditlog.digest import digest_tables_apart
 from elspeth_beam.landscape.store import WRITE_STATS, LandscapeStore
 
 _HEADER = struct.Struct("<Q")
@@ -69,7 +69,7 @@ class AuditWriter:
     def __init__(self) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "elspeth_beam.landscape.writer_process"],
+            [sys.executable, "-m", "elspeth_beam.auditlog.writer_process"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
         )
         self._send_lock = threading.Lock()

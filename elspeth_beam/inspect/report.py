@@ -23,7 +23,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import Connection, func, select
 
 from elspeth_beam.core.enums import NodeType
@@ -31,96 +30,15 @@ from elspeth_beam.core.errors import ElspethError
 from elspeth_beam.core.events import utc_now
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
-from elspeth_beam.landscape.summary import RunHeader, run_header
-
-ERROR_LABEL = "on_error"  # the edge label of a node's error route (config/graph.py)
-
+from elspeth_beam.inspect.report_html import render_html
+from elspeth_beam.inspect.report_model import (
+    ArtifactReport, BatchReport, EdgeReport, NodeReport, ReasonReport, RunReport, SinkReport,
+)
+from elspeth_beam.inspect.summary import run_header
 
 class ReportError(ElspethError):
     """The report could not be written."""
 
-
-class NodeReport(BaseModel):
-    node_id: str
-    name: str
-    plugin: str
-    node_type: str
-    position: int
-    tokens_in: int
-    tokens_out: int
-    completed: int
-    failed: int
-    open: int
-    mean_ms: float | None
-    p95_ms: float | None
-    total_ms: float
-
-
-class EdgeReport(BaseModel):
-    from_node: str
-    to_node: str
-    label: str
-
-    @property
-    def is_error(self) -> bool:
-        return self.label == ERROR_LABEL
-
-
-class BatchReport(BaseModel):
-    node_id: str
-    name: str
-    batches: int
-    by_status: dict[str, int]
-    by_trigger: dict[str, int]
-    retries: int  # batches with attempt > 1 (resume retried an interrupted flush)
-    mean_size: float | None
-    max_size: int | None
-    outputs: int
-
-
-class ArtifactReport(BaseModel):
-    path: str
-    kind: str
-    rows: int
-    size_bytes: int
-    content_hash: str
-
-
-class SinkReport(BaseModel):
-    node_id: str
-    name: str
-    plugin: str
-    by_outcome: dict[str, int]
-    artifacts: list[ArtifactReport]
-
-    @property
-    def rows(self) -> int:
-        return sum(self.by_outcome.values())
-
-
-class ReasonReport(BaseModel):
-    count: int
-    outcome: str
-    node: str  # the node that raised the error
-    sink: str | None  # where the token was set aside, if it was written anywhere
-    error_type: str
-    message: str
-
-
-class RunReport(BaseModel):
-    header: RunHeader
-    nodes: list[NodeReport]
-    edges: list[EdgeReport]
-    batches: list[BatchReport]
-    sinks: list[SinkReport]
-    outcomes: dict[str, int]  # terminal outcomes of the run
-    reasons: list[ReasonReport]  # the most frequent first, at most `top_reasons`
-    reasons_distinct: int
-    reasons_tokens: int
-    generated_at: str
-
-    def node(self, node_id: str) -> NodeReport | None:
-        return next((n for n in self.nodes if n.node_id == node_id), None)
 
 
 def build_report(store: LandscapeStore, run_id: str, *, top_reasons: int = 20) -> RunReport:
@@ -160,7 +78,6 @@ def build_report(store: LandscapeStore, run_id: str, *, top_reasons: int = 20) -
 
 def write_report(report: RunReport, out: str | Path) -> Path:
     """Render the report into ``out`` (parent folders created); ReportError if that fails."""
-    from elspeth_beam.landscape.report_html import render_html
 
     path = Path(out)
     try:

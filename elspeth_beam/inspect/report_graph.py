@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from html import escape
 
-from elspeth_beam.landscape.report import EdgeReport, NodeReport
+from elspeth_beam.inspect.report_model import EdgeReport, NodeReport
 
 BOX_W, BOX_H, SLOT_H = 164, 74, 18  # node box; the slot a passing edge takes in a column
 COL_GAP, ROW_GAP, PAD = 64, 22, 24

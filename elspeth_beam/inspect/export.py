@@ -89,7 +89,7 @@ def arrow_schema(table: Table) -> pa.Schema:
         if arrow_type is None:
             raise ExportError(
                 f"column {table.name}.{col.name} has type {col.type!r}, which export does not map to an arrow "
-                "type; add it to elspeth_beam/landscape/export.py _ARROW_TYPES"
+                "type; add it to elspeth_beam/inspect/export.py _ARROW_TYPES"
             )
         fields.append(pa.field(col.name, arrow_type, nullable=bool(col.nullable)))
     return pa.schema(fields, metadata={"elspeth_beam.table": table.name, "elspeth_beam.schema_version": str(s.SCHEMA_VERSION)})

@@ -1,0 +1,1 @@
+"""Read-side tools over the Landscape: explain, verify, show, summary, export, report."""
