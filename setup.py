@@ -12,6 +12,7 @@ setup(
         "SQLAlchemy>=2.0,<3",
         "pyarrow>=14,<26",
         "PyYAML>=6",
+        "orjson>=3.8,<4",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "rfc8785>=0.1.4"], "postgres": ["psycopg[binary]>=3.1"]},
     entry_points={"console_scripts": ["elspeth-beam=elspeth_beam.cli:main"]},

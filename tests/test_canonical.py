@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import collections
+import dataclasses
 import datetime as dt
+import enum
 import hashlib
 import json
 import math
 import struct
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -15,7 +19,8 @@ import rfc8785
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from elspeth_beam.core.canonical import CANONICAL_VERSION, canonical_json, normalize, stable_hash
+from elspeth_beam.core import canonical as _canonical
+from elspeth_beam.core.canonical import CANONICAL_VERSION, VERSIONS, canonical_json, normalize, stable_hash
 from elspeth_beam.core.errors import CanonicalizationError
 
 # ---- strategies ----------------------------------------------------------------------------
@@ -358,7 +363,7 @@ flat_rows = st.dictionaries(
 @example({"nested": {"x": 1.0}, "list": [2.0, "s"]})
 @settings(max_examples=300, deadline=None)
 def test_fast_paths_write_what_the_reference_encoder_writes(row):
-    """The C-encoder shortcuts (flat rows, plain nested values) must equal the RFC 8785 encoder."""
+    """The shortcuts (orjson; the exact rules' use of json's C encoder) must equal the RFC 8785 encoder."""
     from elspeth_beam.core.canonical import _encode
 
     out: list[str] = []
@@ -440,3 +445,134 @@ def test_ints_are_rfc8785_numbers_or_strings_of_their_digits(n):
     assert json.loads(canonical_json(n)) in (n, str(n))  # never another value
     assert canonical_json({"n": n}) == b'{"n":' + canonical_json(n) + b"}"  # the flat-row path
     assert canonical_json([n]) == b"[" + canonical_json(n) + b"]"  # the normalizing path
+
+
+# ---- the orjson fast path against the exact rules and rfc8785 ------------------------------------
+#
+# canonical_json hands the usual value to orjson (``_orjson_form`` vouches for it) and everything
+# else to the exact rules (``_exact_json``). These properties draw what would break the shortcut
+# were its checks wrong: integral floats (orjson writes 1.0), exponents where RFC 8785 writes plain
+# digits (orjson switches below 1e-5, RFC 8785 below 1e-6), keys that sort apart in UTF-16 and code
+# points, control characters, big ints, -0.0, tuples and nesting deeper than orjson's 255 levels.
+
+integral_doubles = st.integers(-(2**70), 2**70).map(float) | st.integers(-(10**6), 10**6).map(float)
+notation_edges = st.sampled_from([1e-5, 9.999999999999999e-06, 1.0000000000000001e-05, 1e-6, 9.99999999999999e-7, 1.5e-5,
+                                  1e16, 9999999999999998.0, 4503599627370495.5, 1e21, 9.999999999999999e20, 0.0, -0.0])
+all_doubles = doubles | integral_doubles | notation_edges
+control_text = st.text(st.characters(max_codepoint=0x20) | odd_chars, max_size=6)
+fast_keys = keys | control_text | st.text(st.sampled_from(["\ue000", "\uffff", "\U00010000", "\U0001f600", "a"]), max_size=3)
+fast_scalars = st.none() | st.booleans() | safe_ints | all_doubles | fast_keys
+big_ints = st.integers() | st.integers(2**53 - 2, 2**65) | st.integers(-(2**65), -(2**53) + 2) | st.just(46791059971380590)
+
+
+def _trees(scalars: st.SearchStrategy) -> st.SearchStrategy:
+    return st.recursive(
+        scalars,
+        lambda children: st.lists(children, max_size=5) | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(fast_keys, children, max_size=5),
+        max_leaves=40,
+    )
+
+
+rfc_domain = _trees(fast_scalars)  # what rfc8785.dumps accepts
+native_values = _trees(fast_scalars | big_ints | st.sampled_from(["\ud800", "a\udfffb"]))  # + big ints, lone surrogates
+
+
+def _exact_or_error(value, version):
+    try:
+        return _canonical._exact_json(value, version)
+    except CanonicalizationError:
+        return CanonicalizationError
+
+
+def _fast_or_error(value, version):
+    try:
+        return canonical_json(value, version=version)
+    except CanonicalizationError:
+        return CanonicalizationError
+
+
+@given(rfc_domain)
+@example({"\U0001f600": 1, "\ue000": [1.0, -0.0], "\x1f": 1e-6, "é": 1.5e-5})
+@example([1e16, 9999999999999998.0, 2.0**53, 1e21, 0.1])
+@settings(max_examples=1500, deadline=None)
+def test_fast_path_writes_what_rfc8785_writes(value):
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+@given(native_values, st.sampled_from(VERSIONS))
+@example({"id": 2**53 + 1, "f": 2.0}, 2)
+@example({"s": "a\udfffb", "f": 2.0}, 1)
+@settings(max_examples=1500, deadline=None)
+def test_fast_path_writes_what_the_exact_rules_write(value, version):
+    """Big ints and lone surrogates too (rfc8785 refuses them), in both versions."""
+    assert _fast_or_error(value, version) == _exact_or_error(value, version)
+
+
+@given(st.integers(240, 300), fast_scalars, st.booleans())
+@settings(max_examples=30, deadline=None)
+def test_nesting_deeper_than_orjson_allows_is_written_alike(depth, leaf, as_dict):
+    value = leaf
+    for _ in range(depth):
+        value = {"k": value} if as_dict else [value]
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+@given(native_values, st.sampled_from([math.nan, math.inf, -math.inf]), st.data())
+@settings(max_examples=300, deadline=None)
+def test_nan_and_infinity_are_refused_anywhere(value, bad, data):
+    """orjson would write them as null: the fast path must never let one through."""
+    path = data.draw(st.lists(st.sampled_from(["list", "dict", "tuple"]), max_size=4))
+    planted = bad
+    for kind in path:
+        planted = {"k": planted, "v": value} if kind == "dict" else [value, planted] if kind == "list" else (planted,)
+    with pytest.raises(CanonicalizationError, match="no canonical"):
+        canonical_json(planted)
+
+
+@pytest.mark.parametrize("row", [
+    {"id": 123, "key": "k042", "amount": 517.23, "category": "c", "amount_eur": 475.85},
+    {"id": 1, "amount": 100.0, "zero": -0.0, "tiny": 1.5e-5, "name": "Zoë 中文 😀", "ok": True, "none": None},
+    {"tags": ["a", "b"], "price": {"net": 10.25, "gross": 12.0}, "lines": ({"sku": "x", "n": 2},), "é": 2**53 - 1},
+])
+def test_usual_rows_take_the_orjson_path(row, monkeypatch):
+    """The speed is the point: plain rows, integral floats, non-ASCII and astral text among them,
+    must not fall back to the exact rules."""
+    expected = canonical_json(row)
+
+    def refuse(value, version):
+        raise AssertionError(f"{value!r} took the exact rules")
+
+    monkeypatch.setattr(_canonical, "_exact_json", refuse)
+    assert canonical_json(row) == expected == rfc8785.dumps(row)
+
+
+class _Colour(enum.Enum):
+    RED = 1
+
+
+class _Size(enum.IntEnum):
+    BIG = 7
+
+
+class _Name(str):
+    pass
+
+
+@dataclasses.dataclass
+class _Point:
+    x: float
+
+
+_foreign = st.sampled_from([
+    dt.datetime(2024, 3, 1, 12, 30, tzinfo=dt.timezone(dt.timedelta(hours=2))), dt.datetime(2024, 3, 1), dt.date(2024, 2, 29),
+    Decimal("1.10"), b"\x00\xff", bytearray(b"ab"), uuid.UUID(int=1), _Colour.RED, _Size.BIG, _Name("n"), _Point(1.5),
+    collections.OrderedDict(b=1, a=2.0), {1: "int key"}, {_Name("k"): 1}, {2, 3}, complex(1, 2),
+])
+
+
+@given(_trees(fast_scalars | _foreign), st.sampled_from(VERSIONS))
+@settings(max_examples=500, deadline=None)
+def test_values_orjson_writes_its_own_way_take_the_exact_rules(value, version):
+    """orjson writes datetimes, UUIDs, enums and dataclasses itself, differently or where we refuse."""
+    assert _fast_or_error(value, version) == _exact_or_error(value, version)

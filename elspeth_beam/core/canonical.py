@@ -11,6 +11,17 @@ number it would read back as another value, and two values would hash alike.
 
 The form is versioned, so that hashes made before a fix still verify (``CANONICAL_VERSION``);
 the Landscape's digest manifest names the version its hashes were made with.
+
+Speed: canonical JSON, not sha256, was the audit's biggest hashing cost, so the usual value goes
+to orjson, whose compact, key-sorted output is RFC 8785's byte for byte once a walk has vouched
+for it (``_orjson_form``: plain types, integral floats made ints, no exponent where RFC 8785 has
+none, keys whose code point order is their UTF-16 order; orjson itself refuses ints beyond 53
+bits and lone surrogates). Anything else takes the exact rules (``_exact_json``), and the tests
+hold the two, and the rfc8785 package, to the same bytes. µs per call, json's C encoder before →
+orjson (old and new interleaved, best of 9 × 50k calls, a busy 2-core machine): the bench row
+``{"id": 123, "key": "k042", "amount": 517.23, "category": "c", "amount_eur": 475.85}`` 2.2 →
+0.7; a 10-field row with a list, a dict and a list of dicts 10 → 3; the bench row with integral
+floats 3.2 → 1.05. What remains is mostly the walk; orjson itself takes 0.25 of the 0.7.
 """
 
 from __future__ import annotations
@@ -24,6 +35,8 @@ import math
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
+
+import orjson
 
 from elspeth_beam.core.errors import CanonicalizationError
 
@@ -204,30 +217,67 @@ plain_json = _compact_sorted
 """Compact, key-sorted JSON text of plain values (``plain_values``'s): their canonical form."""
 
 
-_PLAIN = frozenset({str, bool, type(None)})
+_SCALARS = frozenset({str, int, bool, type(None)})
+"""Types orjson writes as RFC 8785 does (ints: within 53 bits, ``_ORJSON`` refuses others)."""
+_ORJSON = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER | orjson.OPT_PASSTHROUGH_SUBCLASS
+"""Sorted keys (by code point), ints beyond ±(2**53 - 1) and non-string keys refused, subclasses
+not written (orjson raises for each)."""
+_UNFIT = object()  # _orjson_form's answer for a value orjson would not write canonically
 
 
-def _flat_row_text(obj: Any) -> str | None:
-    """The current version's canonical text of the usual row — a flat dict of ASCII keys and
-    plain values, numbers written alike by Python and ECMAScript — straight from the C
-    encoder; None otherwise."""
-    if type(obj) is not dict:
-        return None
-    for value in obj.values():
+def _orjson_form(obj: Any) -> Any:
+    """``obj`` itself if orjson writes its numbers and types as RFC 8785 does, a copy with its
+    integral floats made ints (orjson writes ``1.0``) if that is all it needs, or _UNFIT.
+    Fractions pass only where both use plain notation (orjson from 1e-5, RFC 8785 from 1e-6; from
+    2**52 up every double is integral, so the upper bound only keeps out ±Infinity, which orjson
+    writes as null; NaN fails both). Only exact types pass: subclasses, datetimes, enums and the
+    like (orjson writes some its own way) take the exact rules."""
+    kind = type(obj)
+    if kind is dict:
+        pairs: Any = obj.items()
+    elif kind is list or kind is tuple:
+        pairs = enumerate(obj)
+    elif kind is float:
+        form = _orjson_form([obj])
+        return form if form is _UNFIT else form[0]
+    else:
+        return obj if kind in _SCALARS else _UNFIT
+    copy = None
+    for key, value in pairs:  # scalars checked inline: a call per value costs ~0.1 µs
         kind = type(value)
-        if kind in _PLAIN:
-            pass
-        elif kind is float:
-            if value.is_integer() or not 1e-4 <= abs(value) < 1e16:  # NaN fails this too
-                return None
-        elif kind is not int or not -_SAFE <= value <= _SAFE:
-            return None
-    try:
-        if not "".join(obj).isascii():
-            return None
-    except TypeError:  # a key that is not a string: the full rules say so
-        return None
-    return _compact_sorted(obj)
+        if kind in _SCALARS:
+            continue
+        if kind is float:
+            if not value.is_integer():
+                if 1e-5 <= abs(value) < 1e16:
+                    continue
+                return _UNFIT
+            if not -_SAFE <= value <= _SAFE:
+                return _UNFIT
+            new = int(value)
+        else:
+            new = _orjson_form(value)
+            if new is value:
+                continue
+            if new is _UNFIT:
+                return _UNFIT
+        if copy is None:
+            copy = dict(obj) if type(obj) is dict else list(obj)
+        copy[key] = new
+    return obj if copy is None else copy
+
+
+def _keys_in_utf16_order(obj: Any) -> bool:
+    """Whether orjson's key order (code points) is RFC 8785's (UTF-16 code units) throughout
+    ``obj``: they differ only between U+E000..U+FFFF and the astral planes (surrogates come first
+    in UTF-16), so a dict whose keys hold a character from U+E000 up says no."""
+    kind = type(obj)
+    if kind is dict:
+        keys = "".join(obj)
+        if not keys.isascii() and max(keys) >= "\ue000":
+            return False
+        return all(map(_keys_in_utf16_order, obj.values()))
+    return kind not in (list, tuple) or all(map(_keys_in_utf16_order, obj))
 
 
 def plain_values(values: list[Any], version: int = CANONICAL_VERSION) -> list[Any] | None:
@@ -258,17 +308,34 @@ def plain_values(values: list[Any], version: int = CANONICAL_VERSION) -> list[An
 
 def canonical_json(obj: Any, *, version: int = CANONICAL_VERSION) -> bytes:
     """Canonical UTF-8 JSON bytes of ``obj`` in the given version of the form (raises
-    CanonicalizationError)."""
-    text = _flat_row_text(obj) if version == CANONICAL_VERSION else None
-    if text is None:
-        flags = _Flags(_known(version))
-        value = _normalize(obj, flags)
-        if flags.slow:
-            out: list[str] = []
-            _encode(value, out)
-            text = "".join(out)
-        else:  # the common case: the C encoder gives exactly the canonical text
-            text = _compact_sorted(value)
+    CanonicalizationError). The versions differ only in numbers beyond ±2**53, which orjson
+    refuses or is not given: its text is both versions'."""
+    if version != CANONICAL_VERSION:
+        _known(version)
+    form = _orjson_form(obj)
+    if form is not _UNFIT:
+        try:
+            text = orjson.dumps(form, option=_ORJSON)
+        except orjson.JSONEncodeError:  # an int beyond 53 bits, a lone surrogate, 255 levels deep...
+            pass
+        else:
+            # code point and UTF-16 order differ only for U+E000..U+FFFF (UTF-8 lead bytes EE, EF)
+            if text.isascii() or (b"\xee" not in text and b"\xef" not in text) or _keys_in_utf16_order(form):
+                return text
+    return _exact_json(obj, version)
+
+
+def _exact_json(obj: Any, version: int) -> bytes:
+    """``canonical_json`` by the rules themselves: normalized, then json's C encoder where it
+    writes the canonical text, else ``_encode``."""
+    flags = _Flags(_known(version))
+    value = _normalize(obj, flags)
+    if flags.slow:
+        out: list[str] = []
+        _encode(value, out)
+        text = "".join(out)
+    else:
+        text = _compact_sorted(value)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
