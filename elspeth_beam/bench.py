@@ -139,7 +139,7 @@ def _sink_rows(out: Path) -> dict[str, int]:
 
 def child(variant: str, data: Path, out: Path, landscape: str) -> dict[str, Any]:
     """One measured run, in its own process: wall time, peak RSS, rows per sink."""
-    from elspeth_beam.landscape.store import WRITE_STATS
+    from elspeth_beam.auditlog.loader import WRITE_STATS
     from elspeth_beam.auditlog.writer_process import AuditWriter
 
     t0 = time.perf_counter()

@@ -25,13 +25,15 @@ from elspeth_beam.core import ids
 from elspeth_beam.core.chain import rows_hash
 from elspeth_beam.core.enums import BatchStatus, NodeStateStatus, RunStatus, TriggerType
 from elspeth_beam.core.errors import ElspethError
-from elspeth_beam.core.events import AuditEvent, BatchRecorded, NodeStateRecorded, utc_now
+from elspeth_beam.auditlog.loader import load_records
+from elspeth_beam.auditlog.records import BatchRecord, NodeStateRecord, tables_of
+from elspeth_beam.core.timestamps import utc_now
 from elspeth_beam.core.tokens import TokenInfo
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.inspect.paths import path_problems
 from elspeth_beam.landscape.store import LandscapeStore
 from elspeth_beam.pipeline.restore import AggregationRestore, PipelineRestore, RestoredStateError, RetryBatch
-from elspeth_beam.run import RunResult, execute_run
+from elspeth_beam.run import RunResult, catch_up, execute_run
 
 _OPEN = (BatchStatus.DRAFT.value, BatchStatus.EXECUTING.value)
 
@@ -71,7 +73,7 @@ def settings_for(store: LandscapeStore, run_id: str, loaded: LoadedPipeline | No
     return loaded
 
 
-def plan_restore(store: LandscapeStore, run_id: str) -> tuple[PipelineRestore, list[AuditEvent]]:
+def plan_restore(store: LandscapeStore, run_id: str) -> tuple[PipelineRestore, list[tuple]]:
     """What the resumed pipeline restores, and the events that close interrupted batches."""
     tokens = {t["token_id"]: t for t in store.table_rows(s.tokens, run_id)}
     outcomes = store.table_rows(s.token_outcomes, run_id)
@@ -96,7 +98,7 @@ def plan_restore(store: LandscapeStore, run_id: str) -> tuple[PipelineRestore, l
         keyed[b["key"]] = max(keyed.get(b["key"], 0), b["sequence"] + 1)
 
     retries: dict[str, dict[str, RetryBatch]] = defaultdict(dict)
-    closing: list[AuditEvent] = []
+    closing: list[tuple] = []
     for b in sorted((b for b in batches.values() if unfinished(b)), key=lambda b: (b["sequence"], b["attempt"])):
         node, key = b["aggregation_node_id"], b["key"]
         if key in retries[node]:
@@ -229,7 +231,7 @@ def _restore_members(batch: dict[str, Any], rows: list[dict[str, Any]],
     return tuple(restored)
 
 
-def _interrupted(run_id: str, batch: dict[str, Any], members: tuple[TokenInfo, ...]) -> list[AuditEvent]:
+def _interrupted(run_id: str, batch: dict[str, Any], members: tuple[TokenInfo, ...]) -> list[tuple]:
     """A failed node_state and a failed batch for an attempt the process did not finish."""
     node, attempt = batch["aggregation_node_id"], batch["attempt"]
     state_id = ids.state_id(batch["batch_id"], node, attempt)
@@ -237,12 +239,13 @@ def _interrupted(run_id: str, batch: dict[str, Any], members: tuple[TokenInfo, .
     error = {"type": "Interrupted", "message": f"the process stopped while batch {batch['batch_id']} was {batch['status']}; "
              f"retried by resume as attempt {attempt + 1}", "node_id": node, "traceback": []}
     return [
-        NodeStateRecorded(run_id=run_id, state_id=state_id, node_id=node, batch_id=batch["batch_id"], attempt=attempt,
-                          status=NodeStateStatus.FAILED, input_hash=rows_hash(m.row for m in members),
-                          duration_ms=0.0, error_json=json.dumps(error, sort_keys=True), started_at=now, completed_at=now),
-        BatchRecorded(run_id=run_id, batch_id=batch["batch_id"], node_id=node, key=batch["key"], sequence=batch["sequence"],
-                      attempt=attempt, status=BatchStatus.FAILED, trigger_type=TriggerType.INTERRUPTED,
-                      trigger_reason="interrupted", aggregation_state_id=state_id, completed_at=now),
+        NodeStateRecord(state_id=state_id, run_id=run_id, batch_id=batch["batch_id"], node_id=node, attempt=attempt,
+                        status=NodeStateStatus.FAILED.value, input_hash=rows_hash(m.row for m in members),
+                        duration_ms=0.0, error_json=json.dumps(error, sort_keys=True), started_at=now, completed_at=now),
+        BatchRecord(batch_id=batch["batch_id"], run_id=run_id, aggregation_node_id=node, key=batch["key"],
+                    sequence=batch["sequence"], attempt=attempt, status=BatchStatus.FAILED.value,
+                    trigger_type=TriggerType.INTERRUPTED.value, trigger_reason="interrupted",
+                    aggregation_state_id=state_id, created_at=now, completed_at=now),
     ]
 
 
@@ -250,7 +253,8 @@ def resume_run(
     store: LandscapeStore, run_id: str, loaded: LoadedPipeline | None = None, *, beam_args: Sequence[str] = (), **run_kwargs: Any
 ) -> RunResult:
     loaded = settings_for(store, run_id, loaded)
+    catch_up(store, loaded, run_id)  # segments committed but not loaded when the process died
     restore, closing = plan_restore(store, run_id)
     store.reopen_run(run_id)
-    store.write_events(closing)
+    load_records(store.engine, tables_of(closing))
     return execute_run(loaded, beam_args=beam_args, run_id=run_id, restore=restore, **run_kwargs)

@@ -28,10 +28,13 @@ from elspeth_beam.config.secrets import Fingerprinter, protect_node, warn_if_unk
 from elspeth_beam.core.canonical import canonical_json, stable_hash
 from elspeth_beam.core.enums import NodeType, RunStatus
 from elspeth_beam.core.errors import ElspethError, PipelineFailedError, PreflightError, RunInterruptedError
-from elspeth_beam.core.events import utc_now
+from elspeth_beam.core.timestamps import utc_now
 from elspeth_beam.landscape import schema as s
+from elspeth_beam.auditlog import segments
 from elspeth_beam.auditlog.digest import DIGESTED_IN_PIPELINE_PROCESS, EVENT_TABLES, digest_tables_apart
 from elspeth_beam.landscape.store import DEFAULT_URL, LandscapeStore, absolute_url, normalize_url
+from elspeth_beam.auditlog.loader import load_committed, load_records
+from elspeth_beam.auditlog.records import tables_of
 from elspeth_beam.auditlog.writer_process import AuditWriter, AuditWriterError
 from elspeth_beam.inspect.summary import display_url, render_text, summarize
 from elspeth_beam.inspect.verify import VerifyReport, verify_run
@@ -131,7 +134,16 @@ def merge_sinks(store: LandscapeStore, loaded: LoadedPipeline, run_id: str) -> N
         plugin = registry.build(SinkPlugin, node.settings.plugin, node.settings.options)  # type: ignore[attr-defined]
         parts = [a for a in artifacts if a["sink_node_id"] == node.node_id and a["artifact_kind"] == "part"]
         merged.append(merge_sink(plugin, parts, run_id, node.node_id))
-    store.write_events(merged)
+    load_records(store.engine, tables_of(merged))
+
+
+def catch_up(store: LandscapeStore, loaded: LoadedPipeline, run_id: str) -> int:
+    """Load the run's committed segments the Landscape lacks (a writer that died between a
+    segment's commit and its load), then drop losing attempts' files; records loaded."""
+    directory = segments.run_dir(segments.audit_log_dir(store.url, loaded.settings.landscape.audit_log), run_id)
+    loaded_records = load_committed(store.engine, directory)
+    segments.remove_orphans(directory)
+    return loaded_records
 
 
 def execute_run(
@@ -214,6 +226,7 @@ def _run_recorded(
             raise
         store.finish_run(run_id, RunStatus.FAILED.value, {"error": _root_message(exc)})
         raise PipelineFailedError(f"run {run_id} failed: {_root_message(exc)}") from exc
+    catch_up(store, loaded, run_id)
     merge_sinks(store, loaded, run_id)
     digesting = _digest_event_tables(store.url, run_id)
     report = verify_run(store, run_id)

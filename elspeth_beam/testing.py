@@ -21,7 +21,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_pipeline
 
 from elspeth_beam.config.loader import LoadedPipeline, load_settings_dict
-from elspeth_beam.core.events import AUDIT_EVENTS_ADAPTER, AuditEvent
+from elspeth_beam.auditlog.buffer import AuditSegment
+from elspeth_beam.auditlog.loader import load_records
+from elspeth_beam.auditlog.records import RECORD_TYPES, tables_of, to_records
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
 from elspeth_beam.inspect.verify import VerifyReport, verify_run
@@ -31,7 +33,8 @@ from elspeth_beam.run import RunResult, execute_run
 # Columns that legitimately differ between two runs of the same input.
 VOLATILE_COLUMNS = frozenset(
     {"started_at", "completed_at", "created_at", "recorded_at", "duration_ms", "beam_options_json", "runner", "summary_json",
-     "digest_root", "digest_manifest", "entries"}  # the digest hashes the timestamps too
+     "digest_root", "digest_manifest", "entries",  # the digest hashes the timestamps too
+     "loaded_at", "attempt_tag"}  # audit_segments: when, and which write of a segment, was loaded
 )
 
 
@@ -51,25 +54,33 @@ class TestRun:
     def run_id(self) -> str:
         return self.result.run_id
 
-    def events(self) -> list[AuditEvent]:
-        """Every audit event the pipeline emitted (replays included), from the journal."""
-        assert self.journal is not None, "run_for_test(..., journal=True) records the events"
-        events: list[AuditEvent] = []
-        for line in self.journal.read_text().splitlines():
-            events.extend(AUDIT_EVENTS_ADAPTER.validate_json(line))
-        return events
+    def segments(self) -> list[AuditSegment]:
+        """Every audit segment the pipeline emitted (replays included), from the journal."""
+        assert self.journal is not None, "run_for_test(..., journal=True) records the segments"
+        return [AuditSegment(**json.loads(line)) for line in self.journal.read_text().splitlines()]
+
+    def records(self) -> list[tuple]:
+        """Every audit record the pipeline emitted (replays included), as record tuples."""
+        return [RECORD_TYPES[table](*r) for seg in self.segments() for table, cols in seg.tables.items()
+                for r in to_records(cols)]
 
 
 class _JournalFn(beam.DoFn):
-    """Append each audit list as one JSON line (a test-side tap; replays append again)."""
+    """Append each audit segment as one JSON line (a test-side tap; replays append again)."""
 
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path
 
-    def process(self, events: list[AuditEvent]) -> None:
-        with open(self.path, "ab") as handle:
-            handle.write(AUDIT_EVENTS_ADAPTER.dump_json(events) + b"\n")
+    def process(self, segment: AuditSegment) -> None:
+        line = json.dumps({"run_id": segment.run_id, "node_id": segment.node_id, "tables": segment.tables})
+        with open(self.path, "a") as handle:
+            handle.write(line + "\n")
+
+
+def write_records(store: LandscapeStore, records: list[tuple]) -> int:
+    """Load record tuples (any tables, any order, duplicates allowed) in one transaction."""
+    return load_records(store.engine, tables_of(records))
 
 
 def load_for_test(settings: dict[str, Any] | str | Path, landscape: str) -> LoadedPipeline:

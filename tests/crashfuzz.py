@@ -68,6 +68,8 @@ def settings(data: Path, out: Path, landscape: str) -> dict[str, Any]:
     raw["gates"][0]["routes"] = {"true": "large", "false": ["to_batch", "copy"]}
     raw["aggregations"][0]["input"] = "to_batch"
     raw["sinks"]["copy"] = {"plugin": "jsonl", "options": {"path": str(out / "copy.jsonl")}}
+    # segments of 2 000 records: a run of a few thousand rows commits many, as a large run does
+    raw["landscape"]["segment_records"] = 2000
     return raw
 
 

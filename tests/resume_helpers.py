@@ -157,21 +157,18 @@ def duplicates(items: list[Any]) -> dict[Any, int]:
 
 # ---- smaller audit buffers (same mechanism, reachable with small inputs) -----------------
 
-def cli_small_buffers(*args: str, write_every: int, emit_every: int, fault: str | None = None,
-                      timeout: float = 180) -> Proc:
-    """Like ``cli`` but with the audit writer's and the DoFns' buffer limits lowered.
+def cli_small_buffers(*args: str, segment_records: int, fault: str | None = None, timeout: float = 180) -> Proc:
+    """Like ``cli`` but with the audited DoFns' segment size lowered.
 
-    ``WriteLandscapeFn`` commits its buffer whenever it holds ``_WRITE_EVERY`` events (mid
-    bundle), and audited DoFns hand over a list every ``_EMIT_EVERY`` events; with the
-    defaults (20000 / 5000) a crash leaves a partly committed bundle only for inputs of
-    several thousand rows. Lowering the limits in the subprocess reproduces the same
-    partial commit with a small input.
+    Audited DoFns hand over a segment every ``SEGMENT_RECORDS`` records (mid bundle), which
+    the audit sink commits at once; with the default (20000) a crash leaves a partly committed
+    bundle only for inputs of several thousand rows. Lowering the limit in the subprocess
+    reproduces the same partial commit with a small input.
     """
     code = (
         "import sys\n"
-        "import elspeth_beam.pipeline.landscape_sink as ls, elspeth_beam.pipeline.audit as au\n"
-        f"ls._WRITE_EVERY = {int(write_every)}\n"
-        f"au._EMIT_EVERY = {int(emit_every)}\n"
+        "import elspeth_beam.auditlog.buffer as buffer\n"
+        f"buffer.SEGMENT_RECORDS = {int(segment_records)}\n"
         "from elspeth_beam.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )

@@ -33,7 +33,7 @@ from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
 from elspeth_beam.pipeline.aggregation import AggregationDoFn, end_of_window, group_key
 from elspeth_beam.pipeline.audit import NodeContext
-from elspeth_beam.pipeline.landscape_sink import WriteLandscape
+from elspeth_beam.pipeline.audit_sink import WriteAudit
 
 RUN_ID = "run-timeout-stream"
 TIMEOUT = 30
@@ -82,7 +82,7 @@ def run_stream(tmp_path: Path, clock: StepClock, *, advance_processing_time: boo
             | "Typed" >> beam.Map(lambda kv: kv).with_output_types(Tuple[str, TokenInfo])
             | "Aggregate" >> beam.ParDo(dofn).with_outputs("audit", "error", "out:next")
         )
-        outs["audit"] | "Landscape" >> WriteLandscape(url)
+        outs["audit"] | "Landscape" >> WriteAudit(url, str(tmp_path / "audit"))
         # a side-effect tap, not assert_that: its GroupByKey would drop the end-of-source
         # outputs (timestamped at the window end) as late in streaming mode
         outs["out:next"] | "Tap" >> beam.ParDo(_AppendRow(str(tmp_path / "outputs.jsonl")))

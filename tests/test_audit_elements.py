@@ -12,35 +12,39 @@ from hypothesis import strategies as st
 
 from elspeth_beam.config.loader import load_settings_dict
 from elspeth_beam.core.enums import NodeStateStatus, Outcome
-from elspeth_beam.core.events import AuditBatch, NodeStateRecorded, OutcomeRecorded, TokenCreated
+import records_for_tests as rec
+from elspeth_beam.auditlog.buffer import AuditBuffer, AuditSegment
+from elspeth_beam.pipeline.audit_sink import AuditSegmentCoder
 from elspeth_beam.core.tokens import TokenInfoCoder
-from elspeth_beam.pipeline.audit import AuditBatchCoder
 from elspeth_beam.pipeline.builder import apply_graph
 
 text = st.text(max_size=30)
 maybe = st.none() | text
 
 node_states = st.builds(
-    NodeStateRecorded.fast, run_id=text, state_id=text, node_id=text, token_id=maybe, attempt=st.integers(1, 9),
+    rec.node_state, run_id=text, state_id=text, node_id=text, token_id=maybe, attempt=st.integers(1, 9),
     status=st.sampled_from(list(NodeStateStatus)), input_hash=maybe, output_hash=maybe,
     duration_ms=st.none() | st.floats(allow_nan=False), error_json=maybe, started_at=text, completed_at=maybe,
 )
-tokens = st.builds(TokenCreated.fast, run_id=text, token_id=text, row_id=text, created_at_node=text,
+tokens = st.builds(rec.token, run_id=text, token_id=text, row_id=text, created_at_node=text,
                    parent_ids=st.lists(text, max_size=3).map(tuple))
-outcomes = st.builds(OutcomeRecorded.fast, run_id=text, outcome_id=text, token_id=text,
+outcomes = st.builds(rec.outcome, run_id=text, outcome_id=text, token_id=text,
                      outcome=st.sampled_from(list(Outcome)), node_id=text, sink_name=maybe, artifact_row=st.none() | st.integers())
 events = st.lists(node_states | tokens | outcomes, max_size=20)
 
 
 @given(events)
 @settings(max_examples=100, deadline=None)
-def test_audit_batch_coder_round_trips_every_field(batch):
-    coder = AuditBatchCoder()
-    decoded = coder.decode(coder.encode(AuditBatch(batch)))
-    assert type(decoded) is AuditBatch
-    assert [type(e) for e in decoded] == [type(e) for e in batch]
-    assert [e.__dict__ for e in decoded] == [e.__dict__ for e in batch]
-    assert decoded == batch
+def test_audit_segment_coder_round_trips_every_field(batch):
+    buffer = AuditBuffer()
+    for record in rec.flat(batch):
+        buffer.add(record)
+    segment = buffer.take("run-c", "node:n")
+    coder = AuditSegmentCoder()
+    decoded = coder.decode(coder.encode(segment))
+    assert type(decoded) is AuditSegment
+    assert decoded == segment
+    assert sorted(map(repr, rec.of_segment(decoded))) == sorted(map(repr, rec.flat(batch)))
 
 
 def test_size_estimate_does_not_encode():
@@ -48,8 +52,8 @@ def test_size_estimate_does_not_encode():
         def __reduce__(self):
             raise AssertionError("estimate_size encoded the element")
 
-    batch = AuditBatch([Unpicklable(), Unpicklable()])
-    assert AuditBatchCoder().estimate_size(batch) > 0
+    segment = AuditSegment("run-c", "node:n", {"rows": [(Unpicklable(), Unpicklable())]})
+    assert AuditSegmentCoder().estimate_size(segment) > 0
 
 
 def test_audit_streams_and_token_streams_have_their_own_coders(tmp_path):
@@ -65,7 +69,7 @@ def test_audit_streams_and_token_streams_have_their_own_coders(tmp_path):
     audit = {name: c for name, c in coders.items() if name.endswith(".audit")}
     streams = {name: c for name, c in coders.items() if ".out:" in name}
     assert len(audit) == len(loaded.graph.nodes)
-    assert all(isinstance(c, AuditBatchCoder) for c in audit.values()), audit
+    assert all(isinstance(c, AuditSegmentCoder) for c in audit.values()), audit
     assert streams and all(isinstance(c, TokenInfoCoder) for c in streams.values()), streams
 
 
@@ -75,7 +79,7 @@ def test_utc_now_matches_datetime_isoformat(micros):
     import datetime as dt
     from unittest import mock
 
-    from elspeth_beam.core import events
+    from elspeth_beam.core import timestamps as events
 
     expected = (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=micros)).isoformat(
         timespec="microseconds")

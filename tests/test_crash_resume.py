@@ -43,13 +43,15 @@ def holes(ws: crashfuzz.Workspace) -> list:
 
 
 def test_resume_fills_every_hole_a_crash_leaves(input_csv, reference, tmp_path):
-    """The issue's reproduction: killed part-way, the aggregation's checkpoints are durable
-    for rows whose transform state is not; resume redoes exactly those."""
+    """The issue's reproduction: killed part-way, later steps' records are durable for rows
+    whose earlier records are not; resume redoes exactly those."""
     ws = crashfuzz.Workspace(tmp_path, input_csv).prepare()
     rc, _ = crashfuzz.finish(crashfuzz.start_run(ws, fault=f"after_rows:{ROWS - 500}"))
     assert rc == 137 and crashfuzz.run_status(ws) == "running"
     left = holes(ws)
-    assert any(p.table == "node_states" and p.node_id == "transform:fx" for p in left), "the crash should leave holes"
+    # records of later steps committed before earlier ones of the same rows (each node commits
+    # its own segments): which step lags depends on the segment sizes, that some does not
+    assert left, "the crash should leave holes"
 
     outcome = crashfuzz.resume_until_completed(ws)
     assert outcome.differences == []

@@ -18,7 +18,7 @@ from sqlalchemy import Boolean, Float, Integer, select, update
 from elspeth_beam import testing
 from elspeth_beam.core.canonical import CANONICAL_VERSION, canonical_json, stable_hash
 from elspeth_beam.core.errors import LandscapeError
-from elspeth_beam.core.events import NodeStateRecorded, RowRecorded, TokenCreated
+import records_for_tests as rec
 from elspeth_beam.core.enums import NodeStateStatus
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.auditlog.digest import (
@@ -434,9 +434,9 @@ def test_digest_and_tampering_on_every_backend(landscape_url, tmp_path):
 
 def _events(run: str) -> list:
     return [
-        RowRecorded(run_id=run, row_id="r0", source_node_id="source:source", row_index=0, source_data_hash="h" * 64),
-        TokenCreated(run_id=run, token_id="t0", row_id="r0", created_at_node="source:source"),
-        NodeStateRecorded(run_id=run, state_id="s0", node_id="source:source", token_id="t0",
+        rec.row(run_id=run, row_id="r0", source_node_id="source:source", row_index=0, source_data_hash="h" * 64),
+        rec.token(run_id=run, token_id="t0", row_id="r0", created_at_node="source:source"),
+        rec.node_state(run_id=run, state_id="s0", node_id="source:source", token_id="t0",
                           status=NodeStateStatus.COMPLETED, output_hash="o" * 64, duration_ms=1.25,
                           started_at="2026-01-01T00:00:00.000000Z", completed_at="2026-01-01T00:00:01.000000Z"),
     ]
@@ -447,7 +447,7 @@ def test_failed_run_is_digested_resume_reopens_and_its_finish_digests_again(tmp_
     store.begin_run(run_id="r", settings_json="{}", settings_hash="x", runner="test", beam_options={},
                     nodes=[{"node_id": "source:source", "name": "source", "plugin_name": "csv", "node_type": "source",
                             "config_json": "{}", "config_hash": "c", "position": 0}], edges=[])
-    store.write_events(_events("r")[:2])
+    rec.write(store, _events("r")[:2])
     assert verify_run(store, "r").digest.root is None  # running: no digest yet, and not a problem of its own
     store.finish_run("r", "failed", {"error": "boom"})
     failed_root = store.run("r")["digest_root"]
@@ -456,14 +456,14 @@ def test_failed_run_is_digested_resume_reopens_and_its_finish_digests_again(tmp_
     store.reopen_run("r")
     assert store.run("r")["status"] == "running" and store.run("r")["digest_root"] is None
     assert store.table_rows(s.record_digests, "r") == []
-    store.write_events(_events("r")[2:])  # what the resumed run adds is not "added": no digest to add to
+    rec.write(store, _events("r")[2:])  # what the resumed run adds is not "added": no digest to add to
     assert "digest:  none" in verify_run(store, "r").text()
     store.finish_run("r", "completed", {})
     report = verify_run(store, "r")
     assert report.digest.root not in (None, failed_root)
     assert [p for p in report.problems if "digest" in p] == []
 
-    store.write_events([TokenCreated(run_id="r", token_id="t1", row_id="r0", created_at_node="source:source")])
+    rec.write(store, [rec.token(run_id="r", token_id="t1", row_id="r0", created_at_node="source:source")])
     assert "tokens: 1 record(s) added since the run's digest: token_id=t1" in verify_run(store, "r").problems
     store.dispose()
 

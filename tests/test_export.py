@@ -57,7 +57,8 @@ def _columns(conn: sqlite3.Connection, table: str) -> list[tuple[str, str, bool,
 def db_tables(db: Path) -> dict[str, list[tuple[str, str, bool, int]]]:
     with closing(sqlite3.connect(db)) as conn:
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        return {n: _columns(conn, n) for n in names if n != "landscape_schema"}
+        # not records of a run: the schema version, and the ledger of audit-log segments loaded
+        return {n: _columns(conn, n) for n in names if n not in ("landscape_schema", "audit_segments")}
 
 
 def db_rows(db: Path, table: str, run_id: str) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from elspeth_beam import testing
-from elspeth_beam.core.events import AUDIT_EVENTS_ADAPTER
 from elspeth_beam.landscape.store import LandscapeStore
 
 from conftest import REPO, retarget
@@ -41,19 +40,19 @@ def test_aggregation_pipeline_on_postgres_equals_sqlite(tmp_path, postgres_url):
             assert pg[table] == sqlite[table], table
 
 
-def _write_chunks(url: str, payloads: list[bytes]) -> int:
+def _write_chunks(url: str, chunks: list[list[tuple]]) -> int:
     store = LandscapeStore(url)
-    for payload in payloads:
-        store.write_events(AUDIT_EVENTS_ADAPTER.validate_json(payload))
+    for chunk in chunks:
+        testing.write_records(store, chunk)
     store.dispose()
-    return len(payloads)
+    return len(chunks)
 
 
 def test_concurrent_writers_leave_the_same_database_as_one(tmp_path, postgres_url):
-    """Four processes replay shuffled, duplicated audit events of one run at once."""
+    """Four processes replay shuffled, duplicated audit records of one run at once."""
     settings = _accounts(tmp_path)
     run = testing.run_for_test(settings, tmp_path, run_id="run-conc", journal=True)
-    events = run.events()
+    events = run.records()
     LandscapeStore(postgres_url).dispose()  # create the schema once, before the race
 
     rng = random.Random(7)
@@ -62,13 +61,13 @@ def test_concurrent_writers_leave_the_same_database_as_one(tmp_path, postgres_ur
         mine = events + rng.sample(events, len(events) // 3)  # every worker: all events, some twice
         rng.shuffle(mine)
         chunks = [mine[i:i + 500] for i in range(0, len(mine), 500)]
-        workers.append([AUDIT_EVENTS_ADAPTER.dump_json(c) for c in chunks])
+        workers.append(chunks)
     with ProcessPoolExecutor(max_workers=4) as pool:
         assert sum(pool.map(_write_chunks, [postgres_url] * 4, workers)) > 4
 
     raced = testing.snapshot(LandscapeStore(postgres_url))
     alone = testing.snapshot(run.store)
-    # the merged-file artifacts are written by the run lifecycle after the pipeline, not as events
+    # the merged-file artifacts are written by the run lifecycle after the pipeline, not as audit segments
     alone["artifacts"] = [a for a in alone["artifacts"] if '"artifact_kind": "part"' in a]
     assert raced["batches"] and raced["token_outcomes"]
     for table in EVENT_TABLES:

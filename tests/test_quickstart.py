@@ -75,20 +75,22 @@ def test_a_sink_writes_bounded_parts_that_merge_to_exactly_its_rows(quickstart_s
     rows keep its memory flat, and each row is recorded in exactly one part, at its position."""
     import json
 
-    from elspeth_beam.core.events import ArtifactRecorded, OutcomeRecorded
+    import records_for_tests as rec
+
+    from elspeth_beam.auditlog import buffer
     from elspeth_beam.auditlog.writer_process import AuditWriter
-    from elspeth_beam.pipeline import landscape_sink, sink
+    from elspeth_beam.pipeline import sink
 
     monkeypatch.setattr(sink, "PART_ROWS", 40)
-    monkeypatch.setattr(landscape_sink, "_WRITE_EVERY", 50)  # smaller than a part's 81 events
+    monkeypatch.setattr(buffer, "SEGMENT_RECORDS", 50)  # smaller than a part's 81 records
     submitted: list[list] = []
-    submit = AuditWriter.submit
+    submit = AuditWriter.submit_segment
 
-    def recording(self, url, events):
-        submitted.append(list(events))
-        return submit(self, url, events)
+    def recording(self, url, audit_log, segment):
+        submitted.append(rec.of_segment(segment))
+        return submit(self, url, audit_log, segment)
 
-    monkeypatch.setattr(AuditWriter, "submit", recording)
+    monkeypatch.setattr(AuditWriter, "submit_segment", recording)
     run = testing.run_for_test(quickstart_settings, tmp_path)
     testing.assert_audit_complete(run)
     standard_rows = run.result.summary["rows_per_sink"]["standard"]
@@ -111,9 +113,12 @@ def test_a_sink_writes_bounded_parts_that_merge_to_exactly_its_rows(quickstart_s
     merged = Path(quickstart_settings["sinks"]["standard"]["options"]["path"]).read_text().splitlines()
     assert len(merged) == 1 + standard_rows
 
-    # each part commits whole: its artifact and all of its rows' outcomes in one transaction
+    # each part commits whole: its artifact and all of its rows' outcomes in one segment
+    def artifacts_in(batch):
+        return [e for e in batch if type(e).__name__ == "ArtifactRecord" and e.artifact_id in parts]
+
     for batch in submitted:
-        for artifact in (e for e in batch if isinstance(e, ArtifactRecorded) and e.artifact_id in parts):
-            rows_here = sum(isinstance(e, OutcomeRecorded) and e.artifact_id == artifact.artifact_id for e in batch)
+        for artifact in artifacts_in(batch):
+            rows_here = sum(type(e).__name__ == "OutcomeRecord" and e.artifact_id == artifact.artifact_id for e in batch)
             assert rows_here == artifact.row_count
-    assert sum(isinstance(e, ArtifactRecorded) and e.artifact_id in parts for b in submitted for e in b) == len(parts)
+    assert sum(len(artifacts_in(b)) for b in submitted) == len(parts)

@@ -1,4 +1,4 @@
-"""Replaying audit events, and Beam's bundle retries, leave the same Landscape (DESIGN §4, §7.4)."""
+"""Replaying audit records, and Beam's bundle retries, leave the same Landscape (DESIGN §4, §7.4)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from elspeth_beam import testing
 from elspeth_beam.landscape.store import LandscapeStore
 
 # runs/nodes/edges (and the digest, record_digests) come from the run lifecycle (begin_run/
-# finish_run), not from audit events; so do the "merged" artifacts, which merge_sinks writes
-# after the pipeline has finished.
-LIFECYCLE_TABLES = {"runs", "nodes", "edges", "landscape_schema", "record_digests"}
+# finish_run), not from audit records; so do the "merged" artifacts, which merge_sinks writes
+# after the pipeline has finished; audit_segments is the ledger of segments loaded.
+LIFECYCLE_TABLES = {"runs", "nodes", "edges", "landscape_schema", "record_digests", "audit_segments"}
 
 
 def event_tables(store: LandscapeStore) -> dict[str, list[str]]:
-    """Every table the audit events fill, all columns (merged artifacts left out)."""
-    snap = testing.snapshot(store, ignore=frozenset())  # timestamps too: they travel in the events
+    """Every table the audit records fill, all columns (merged artifacts left out)."""
+    snap = testing.snapshot(store, ignore=frozenset())  # timestamps too: they travel in the records
     out = {name: rows for name, rows in snap.items() if name not in LIFECYCLE_TABLES}
     out["artifacts"] = [a for a in out["artifacts"] if json.loads(a)["artifact_kind"] != "merged"]
     return out
@@ -37,13 +37,13 @@ def journaled_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("seed,chunks", [(1, 3), (2, 7), (3, 1)])
-def test_replaying_shuffled_duplicated_events_rebuilds_the_same_landscape(journaled_run, tmp_path, seed, chunks):
-    events = journaled_run.events()
+def test_replaying_shuffled_duplicated_records_rebuilds_the_same_landscape(journaled_run, tmp_path, seed, chunks):
+    events = journaled_run.records()
     original = event_tables(journaled_run.store)
     # the journal really holds the whole run, not a trivial subset
     assert len(original["rows"]) == 300
     assert len(original["tokens"]) == 300 + 2 * 62
-    assert len(events) >= sum(len(rows) for name, rows in original.items() if name != "token_parents")
+    assert len(events) >= sum(len(rows) for rows in original.values())
 
     rng = random.Random(seed)
     replay = events + rng.sample(events, k=int(len(events) * 0.3))
@@ -54,24 +54,24 @@ def test_replaying_shuffled_duplicated_events_rebuilds_the_same_landscape(journa
 
     store = LandscapeStore(testing.landscape_url(tmp_path, "replayed.db"))
     for piece in pieces:
-        store.write_events(piece)
+        testing.write_records(store, piece)
     replayed = event_tables(store)
     assert set(replayed) == set(original)
     for table in original:
         assert replayed[table] == original[table], f"table {table} differs after replay"
 
-    # writing every event twice more changes nothing at all (volatile columns included)
+    # writing every record twice more changes nothing at all (volatile columns included)
     before = testing.snapshot(store, ignore=frozenset())
-    store.write_events(events)
-    store.write_events(list(reversed(events)))
+    testing.write_records(store, events)
+    testing.write_records(store, list(reversed(events)))
     assert testing.snapshot(store, ignore=frozenset()) == before
     store.dispose()
 
 
 def test_replaying_into_the_original_landscape_changes_nothing(journaled_run):
-    events = journaled_run.events()
+    events = journaled_run.records()
     before = testing.snapshot(journaled_run.store, ignore=frozenset())
-    journaled_run.store.write_events(list(reversed(events)))
+    testing.write_records(journaled_run.store, list(reversed(events)))
     assert testing.snapshot(journaled_run.store, ignore=frozenset()) == before
 
 
@@ -103,7 +103,7 @@ def test_bundle_retries_leave_the_same_landscape_and_sink_files(quickstart_setti
         )
         testing.assert_audit_complete(run)
         run.store.dispose()
-        journal_sizes[name] = len(run.events())
+        journal_sizes[name] = len(run.records())
         dbs[name] = LandscapeStore(testing.landscape_url(workdir))  # absolute: independent of cwd
         if name == "plain":
             files_plain = _sink_files(out_dir)

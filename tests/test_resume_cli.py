@@ -205,7 +205,7 @@ def test_second_resume_is_refused_and_changes_nothing(killed_after_rows) -> None
 
 @pytest.mark.parametrize("after_rows", [200, 220])
 def test_kill_with_partly_committed_bundle_then_resume(tmp_path: Path, gate_input, gate_reference, after_rows: int) -> None:
-    """The audit writer commits every ``_WRITE_EVERY`` events *inside* a bundle, so a kill
+    """The audit sink commits a segment every ``SEGMENT_RECORDS`` records *inside* a bundle, so a kill
     leaves a Landscape holding part of the source's, the gate's and the aggregation's events
     — flushed batches whose outputs never reached a sink, draft batches, tokens the
     aggregation recorded before the source's own records of them. Resume must still finish
@@ -215,7 +215,7 @@ def test_kill_with_partly_committed_bundle_then_resume(tmp_path: Path, gate_inpu
     settings = write_yaml(tmp_path / "pipeline.yaml", gate_passthrough_settings(source, tmp_path / "out"))
     db = tmp_path / "landscape.db"
     crash = cli_small_buffers("run", str(settings), "--landscape-url", url(db), "--run-id", "rid",
-                              fault=f"after_rows:{after_rows}", write_every=150, emit_every=20)
+                              fault=f"after_rows:{after_rows}", segment_records=20)
     assert crash.code == 137, crash
     assert run_status(db, "rid") != "completed"
     # the crash left a partial Landscape (not the trivial all-or-nothing case)

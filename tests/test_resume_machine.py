@@ -35,7 +35,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from elspeth_beam.config.settings import AggregationSettings
 from elspeth_beam.core import ids
-from elspeth_beam.core.events import RowRecorded, TokenCreated
+import records_for_tests as rec
 from elspeth_beam.core.tokens import TokenInfo
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
@@ -102,17 +102,17 @@ class ResumeMachine(RuleBasedStateMachine):
     def _read_source_row(self, token: TokenInfo) -> None:
         """The source records the row and its token, then the aggregation accepts it."""
         self.pending += [
-            RowRecorded(run_id=RUN, row_id=token.row_id, source_node_id=SOURCE, row_index=token.row_index,
+            rec.row(run_id=RUN, row_id=token.row_id, source_node_id=SOURCE, row_index=token.row_index,
                         source_data_hash=ids.make_id("hash", token.row_index), payload_json=None),
-            TokenCreated(run_id=RUN, token_id=token.token_id, row_id=token.row_id, created_at_node=SOURCE),
+            rec.token(run_id=RUN, token_id=token.token_id, row_id=token.row_id, created_at_node=SOURCE),
         ]
         self._process(group_key(token.row, SETTINGS.group_by), token)
 
     def _commit(self) -> None:
         events = list(self.pending)
         for out in self.dofn.finish_bundle():
-            events.extend(out.value.value)
-        self.store.write_events(events)
+            events.extend(rec.of_segment(out.value.value))
+        rec.write(self.store, events)
         self.pending = []
         self.dofn.start_bundle()
 
@@ -123,7 +123,7 @@ class ResumeMachine(RuleBasedStateMachine):
 
     def _resume(self) -> None:
         plan, closing = plan_restore(self.store, RUN)
-        self.store.write_events(closing)
+        rec.write(self.store, closing)
         batches = self.store.table_rows(s.batches, RUN)
         still_open = [b for b in batches if b["status"] in OPEN]
         assert not still_open, f"after resume these batches are still open: {still_open}"

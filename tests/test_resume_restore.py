@@ -26,18 +26,20 @@ import pytest
 from apache_beam.coders.coder_impl import create_InputStream, create_OutputStream
 from apache_beam.pvalue import TaggedOutput
 
+import records_for_tests as rec
 from elspeth_beam.config.settings import AggregationSettings
 from elspeth_beam.core import ids
 from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.core.chain import rows_hash as flush_hash
 
 from elspeth_beam.core.enums import BatchStatus, NodeStateStatus, Outcome, TriggerType
-from elspeth_beam.core.events import (
-    BatchOutputRecorded,
-    BatchRecorded,
-    NodeStateRecorded,
-    OutcomeRecorded,
-    TokenCreated,
+from elspeth_beam.auditlog.records import (
+    BatchOutputRecord,
+    BatchRecord,
+    NodeStateRecord,
+    OutcomeRecord,
+    TokenParentRecord,
+    TokenRecord,
 )
 from elspeth_beam.core.tokens import TokenInfo, TokenInfoCoder
 from elspeth_beam.pipeline.aggregation import AggregationDoFn, KeyState
@@ -114,7 +116,7 @@ def drain(dofn: AggregationDoFn) -> list[Any]:
     events: list[Any] = []
     for out in dofn.finish_bundle():
         assert isinstance(out, TaggedOutput) and out.tag == AUDIT_TAG
-        events.extend(out.value.value)  # a WindowedValue of the event list
+        events.extend(rec.of_segment(out.value.value))  # a WindowedValue of a segment
     return events
 
 
@@ -125,7 +127,7 @@ def flush(mode: str, batch_members: list[Any]) -> tuple[list[TokenInfo], list[An
 
 
 def stable(event: Any) -> dict[str, Any]:
-    return {k: v for k, v in event.model_dump(mode="json").items() if k not in VOLATILE}
+    return {k: v for k, v in event._asdict().items() if k not in VOLATILE}
 
 
 def of(events: list[Any], kind: type) -> list[Any]:
@@ -170,13 +172,13 @@ def test_flush_of_restored_members_equals_flush_of_originals(mode: str) -> None:
 
     # the same batch, moving executing → completed, with trigger and reason
     for events in (events_a, events_b):
-        batches = of(events, BatchRecorded)
+        batches = of(events, BatchRecord)
         assert [b.batch_id for b in batches] == [expected_batch, expected_batch]
         assert [b.status for b in batches] == [BatchStatus.EXECUTING, BatchStatus.COMPLETED]
-        assert all(b.trigger_type is TriggerType.COUNT and b.trigger_reason == REASON for b in batches)
+        assert all(b.trigger_type == TriggerType.COUNT and b.trigger_reason == REASON for b in batches)
         assert all(b.attempt == 1 and b.retry_of_batch_id is None and b.sequence == SEQ for b in batches)
-        (state,) = of(events, NodeStateRecorded)
-        assert state.status is NodeStateStatus.COMPLETED and state.batch_id == expected_batch
+        (state,) = of(events, NodeStateRecord)
+        assert state.status == NodeStateStatus.COMPLETED and state.batch_id == expected_batch
         assert state.state_id == ids.state_id(expected_batch, NODE, 1) == batches[-1].aggregation_state_id
         # a flush's input hash: the members' rows in ordinal order (DESIGN §3), recomputed here
         assert state.input_hash == flush_hash([m.row for m in original])
@@ -187,13 +189,13 @@ def test_flush_of_restored_members_equals_flush_of_originals(mode: str) -> None:
     assert [stable(e) for e in events_a] == [stable(e) for e in events_b]
 
     # lineage, checked against the members themselves
-    outputs = of(events_b, BatchOutputRecorded)
+    outputs = of(events_b, BatchOutputRecord)
     assert [o.token_id for o in outputs] == [t.token_id for t in out_b]
     assert [o.ordinal for o in outputs] == list(range(len(out_b)))
     assert all(o.batch_id == expected_batch for o in outputs)
     assert [TokenInfo.from_json_bytes(o.token_json.encode()) for o in outputs] == out_b
-    created = of(events_b, TokenCreated)
-    consumed = [e for e in of(events_b, OutcomeRecorded) if e.outcome is Outcome.CONSUMED_IN_BATCH]
+    created = of(events_b, TokenRecord)
+    consumed = [e for e in of(events_b, OutcomeRecord) if e.outcome == Outcome.CONSUMED_IN_BATCH]
     if mode == "passthrough":
         assert [t.token_id for t in out_b] == list(member_ids)  # same tokens continue
         assert [t.parent_ids for t in out_b] == [m.parent_ids for m in original]
@@ -202,7 +204,10 @@ def test_flush_of_restored_members_equals_flush_of_originals(mode: str) -> None:
     else:
         assert out_b and all(t.parent_ids == member_ids for t in out_b)
         assert [c.token_id for c in created] == [t.token_id for t in out_b]
-        assert all(c.parent_ids == member_ids for c in created)
+        links = of(events_b, TokenParentRecord)
+        for c in created:
+            assert tuple(p.parent_token_id for p in sorted((p for p in links if p.token_id == c.token_id),
+                                                           key=lambda p: p.ordinal)) == member_ids
         assert not set(member_ids) & {t.token_id for t in out_b}  # new tokens, never a member's
         assert sorted(c.token_id for c in consumed) == sorted(member_ids)
     if mode == "single":
@@ -238,7 +243,7 @@ def test_corrupt_restored_members_are_refused_clearly(kind: str, mode: str) -> N
     assert batch in message
     assert detail in message
     assert "elspeth-beam resume" in message  # says what to do
-    assert dofn._audit == []  # nothing recorded for a flush that never ran
+    assert len(dofn._audit) == 0  # nothing recorded for a flush that never ran
 
 
 # ---- _flush with fake state -------------------------------------------------------------------
@@ -258,7 +263,7 @@ def test_flush_with_count_disagreeing_with_bag_is_refused(bag_size: int, count: 
     assert ids.batch_id(RUN, NODE, KEY, SEQ, 1) in message
     assert f"says {count} member(s)" in message and f"holds {bag_size}" in message
     assert "elspeth-beam resume" in message
-    assert dofn._audit == []
+    assert len(dofn._audit) == 0
 
 
 def test_flush_of_restored_rows_without_tokens_is_refused() -> None:
@@ -288,7 +293,7 @@ def test_empty_state_flushes_nothing() -> None:
     dofn = fresh_dofn("single")
     state = key_state([], 0)
     assert list(dofn._flush(state, TriggerType.END_OF_SOURCE, "end of source")) == []
-    assert dofn._audit == [] and state.sequence.value == SEQ
+    assert len(dofn._audit) == 0 and state.sequence.value == SEQ
 
 
 # ---- resume re-diverts a failed flush's members (README "Crash and resume") ---------------------
@@ -297,9 +302,9 @@ def test_empty_state_flushes_nothing() -> None:
 # crash: os._exit, nothing flushed): the members are on their way to the error sink, never there
 _KILL_BEFORE_REJECTS = """
 import os, sqlite3, sys, time
-import elspeth_beam.pipeline.audit as au, elspeth_beam.pipeline.landscape_sink as ls
+import elspeth_beam.auditlog.buffer as buffer
 from elspeth_beam.pipeline import sink
-au._EMIT_EVERY = ls._WRITE_EVERY = 1  # audit leaves each node at once, so the flush commits first
+buffer.SEGMENT_RECORDS = 1  # audit leaves each node at once, so the flush commits first
 db, real_write = sys.argv[1], sink.SinkDoFn._write_part
 
 def write_part(self, items):

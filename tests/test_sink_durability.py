@@ -27,11 +27,12 @@ import pytest
 import yaml
 from conftest import QUICKSTART, retarget
 
+import records_for_tests as rec
 from elspeth_beam import testing
 from elspeth_beam.config.settings import SinkSettings
 from elspeth_beam.core import ids
 from elspeth_beam.core.canonical import stable_hash
-from elspeth_beam.core.events import ArtifactRecorded, NodeStateRecorded, OutcomeRecorded
+from elspeth_beam.auditlog.records import OutcomeRecord
 from elspeth_beam.core.tokens import TokenInfo
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
@@ -69,7 +70,7 @@ def write_bundle(dofn: SinkDoFn, toks: list[TokenInfo]) -> list[Any]:
     """Feed one bundle and return the audit events it emits."""
     for t in toks:
         assert list(dofn.process(("completed", t, None))) == []
-    return [e for out in dofn.finish_bundle() for e in out.value.value]
+    return [e for out in dofn.finish_bundle() for e in rec.of_segment(out.value.value)]
 
 
 def part_target(dofn: SinkDoFn, toks: list[TokenInfo]) -> Path:
@@ -128,8 +129,8 @@ def test_part_is_fsynced_renamed_and_its_folder_fsynced_before_it_is_recorded(tm
     assert file_syncs and file_syncs[-1] < moved, f"the part's data must be fsynced before the rename: {calls}"
     assert dir_syncs and moved < dir_syncs[0], f"its folder must be fsynced after the rename: {calls}"
     assert records and dir_syncs[0] < records[0], f"nothing is recorded before the part is durable: {calls}"
-    assert calls[records[0]][1] == Path("ArtifactRecorded")
-    assert len([e for e in events if isinstance(e, OutcomeRecorded)]) == 7
+    assert calls[records[0]][1] == Path("ArtifactRecord")
+    assert len([e for e in events if isinstance(e, OutcomeRecord)]) == 7
     assert not tmp.exists() and target.exists()
 
 
@@ -196,7 +197,7 @@ def test_a_write_that_fails_mid_part_leaves_no_part_and_records_nothing(tmp_path
     assert f"sink 'out' could not write {target}" in str(info.value)
     assert "No space left on device" in str(info.value)
     assert not target.exists(), "a part that was never whole must not be at its final name"
-    assert not any(isinstance(e, (ArtifactRecorded, OutcomeRecorded, NodeStateRecorded)) for e in dofn._audit)
+    assert len(dofn._audit) == 0, "nothing of the failed part is recorded"
     assert temp_files(tmp_path / "out") == [], "a write that raised removes its temp file"
 
 

@@ -15,17 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from elspeth_beam.core import ids
 from elspeth_beam.core.enums import BatchStatus, NodeStateStatus, Outcome, TriggerType
-from elspeth_beam.core.events import (
-    ArtifactRecorded,
-    BatchMemberRecorded,
-    BatchOutputRecorded,
-    BatchRecorded,
-    NodeStateRecorded,
-    OutcomeRecorded,
-    RoutingRecorded,
-    RowRecorded,
-    TokenCreated,
-)
+import records_for_tests as rec
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
 
@@ -67,11 +57,11 @@ ART = ids.artifact_id(RUN, SINK_LARGE, "/out/large/part-1.jsonl", h("art"))
 BATCH_COMMON = dict(
     run_id=RUN, batch_id=BATCH, node_id=AGG, key='["north"]', sequence=0, attempt=1, created_at=ts(5)
 )
-BATCH_DRAFT = BatchRecorded(status=BatchStatus.DRAFT, **BATCH_COMMON)
-BATCH_EXECUTING = BatchRecorded(
+BATCH_DRAFT = rec.batch(status=BatchStatus.DRAFT, **BATCH_COMMON)
+BATCH_EXECUTING = rec.batch(
     status=BatchStatus.EXECUTING, trigger_type=TriggerType.COUNT, trigger_reason="count reached 1", **BATCH_COMMON
 )
-BATCH_COMPLETED = BatchRecorded(
+BATCH_COMPLETED = rec.batch(
     status=BatchStatus.COMPLETED,
     trigger_type=TriggerType.COUNT,
     trigger_reason="count reached 1",
@@ -79,26 +69,26 @@ BATCH_COMPLETED = BatchRecorded(
     completed_at=ts(7),
     **BATCH_COMMON,
 )
-ROW_EVENT_0 = RowRecorded(
+ROW_EVENT_0 = rec.row(
     run_id=RUN, row_id=ROW0, source_node_id=SRC, row_index=0, source_data_hash=h("raw0"),
     payload_json='{"row":{"id":1,"total":1500.0}}',
 )
-GATE_OPEN = NodeStateRecorded(
+GATE_OPEN = rec.node_state(
     run_id=RUN, state_id=ST_GATE0, node_id=GATE, token_id=TOK0, status=NodeStateStatus.OPEN,
     input_hash=h("in-g0"), started_at=ts(2),
 )
-GATE_DONE = NodeStateRecorded(
+GATE_DONE = rec.node_state(
     run_id=RUN, state_id=ST_GATE0, node_id=GATE, token_id=TOK0, status=NodeStateStatus.COMPLETED,
     input_hash=h("in-g0"), output_hash=h("out-g0"), duration_ms=0.25, started_at=ts(2), completed_at=ts(3),
 )
-FLUSH_DONE = NodeStateRecorded(
+FLUSH_DONE = rec.node_state(
     run_id=RUN, state_id=ST_FLUSH, node_id=AGG, batch_id=BATCH, status=NodeStateStatus.COMPLETED,
     input_hash=h("in-flush"), output_hash=h("out-flush"), duration_ms=3.5, started_at=ts(6), completed_at=ts(7),
 )
 
 
-def outcome(token: str, kind: Outcome, node: str, **kw: Any) -> OutcomeRecorded:
-    return OutcomeRecorded(
+def outcome(token: str, kind: Outcome, node: str, **kw: Any) -> tuple:
+    return rec.outcome(
         run_id=RUN, outcome_id=ids.outcome_id(token, kind.value, node), token_id=token, outcome=kind, node_id=node,
         recorded_at=kw.pop("recorded_at", ts(9)), **kw,
     )
@@ -106,27 +96,27 @@ def outcome(token: str, kind: Outcome, node: str, **kw: Any) -> OutcomeRecorded:
 
 EVENTS: list[Any] = [
     ROW_EVENT_0,
-    RowRecorded(run_id=RUN, row_id=ROW1, source_node_id=SRC, row_index=1, source_data_hash=h("raw1"),
+    rec.row(run_id=RUN, row_id=ROW1, source_node_id=SRC, row_index=1, source_data_hash=h("raw1"),
                 payload_json='{"row":{"id":2,"total":20.0}}'),
-    TokenCreated(run_id=RUN, token_id=TOK0, row_id=ROW0, created_at_node=SRC, created_at=ts(1)),
-    TokenCreated(run_id=RUN, token_id=TOK1, row_id=ROW1, created_at_node=SRC, created_at=ts(1)),
-    TokenCreated(run_id=RUN, token_id=TOK0_LARGE, row_id=ROW0, created_at_node=GATE, branch_name="large",
+    rec.token(run_id=RUN, token_id=TOK0, row_id=ROW0, created_at_node=SRC, created_at=ts(1)),
+    rec.token(run_id=RUN, token_id=TOK1, row_id=ROW1, created_at_node=SRC, created_at=ts(1)),
+    rec.token(run_id=RUN, token_id=TOK0_LARGE, row_id=ROW0, created_at_node=GATE, branch_name="large",
                  parent_ids=(TOK0,), created_at=ts(3)),
-    TokenCreated(run_id=RUN, token_id=TOK0_REVIEW, row_id=ROW0, created_at_node=GATE, branch_name="review",
+    rec.token(run_id=RUN, token_id=TOK0_REVIEW, row_id=ROW0, created_at_node=GATE, branch_name="review",
                  parent_ids=(TOK0,), created_at=ts(3)),
-    TokenCreated(run_id=RUN, token_id=TOK_OUT, row_id=ROW1, created_at_node=AGG, parent_ids=(TOK1,), created_at=ts(7)),
-    NodeStateRecorded(run_id=RUN, state_id=ST_SRC0, node_id=SRC, token_id=TOK0, status=NodeStateStatus.COMPLETED,
+    rec.token(run_id=RUN, token_id=TOK_OUT, row_id=ROW1, created_at_node=AGG, parent_ids=(TOK1,), created_at=ts(7)),
+    rec.node_state(run_id=RUN, state_id=ST_SRC0, node_id=SRC, token_id=TOK0, status=NodeStateStatus.COMPLETED,
                       input_hash=h("raw0"), output_hash=h("row0"), duration_ms=0.1, started_at=ts(1), completed_at=ts(1)),
-    NodeStateRecorded(run_id=RUN, state_id=ST_SRC1, node_id=SRC, token_id=TOK1, status=NodeStateStatus.COMPLETED,
+    rec.node_state(run_id=RUN, state_id=ST_SRC1, node_id=SRC, token_id=TOK1, status=NodeStateStatus.COMPLETED,
                       input_hash=h("raw1"), output_hash=h("row1"), duration_ms=0.1, started_at=ts(1), completed_at=ts(1)),
     GATE_OPEN,
     GATE_DONE,
-    NodeStateRecorded(run_id=RUN, state_id=ST_GATE1, node_id=GATE, token_id=TOK1, status=NodeStateStatus.FAILED,
+    rec.node_state(run_id=RUN, state_id=ST_GATE1, node_id=GATE, token_id=TOK1, status=NodeStateStatus.FAILED,
                       input_hash=h("in-g1"), duration_ms=0.2, error_json='{"type":"RowError","message":"boom"}',
                       started_at=ts(2), completed_at=ts(2)),
-    RoutingRecorded(run_id=RUN, routing_id=ids.routing_id(ST_GATE0, "large"), state_id=ST_GATE0, route_label="true",
+    rec.routing(run_id=RUN, routing_id=ids.routing_id(ST_GATE0, "large"), state_id=ST_GATE0, route_label="true",
                     destination="large", mode="copy", reason_hash=h("reason")),
-    RoutingRecorded(run_id=RUN, routing_id=ids.routing_id(ST_GATE0, "review"), state_id=ST_GATE0, route_label="true",
+    rec.routing(run_id=RUN, routing_id=ids.routing_id(ST_GATE0, "review"), state_id=ST_GATE0, route_label="true",
                     destination="review", mode="copy", reason_hash=h("reason")),
     outcome(TOK0, Outcome.FORKED, GATE),
     outcome(TOK1, Outcome.BUFFERED, AGG, token_json='{"token_id":"x"}', recorded_at=ts(4)),
@@ -134,10 +124,10 @@ EVENTS: list[Any] = [
     BATCH_EXECUTING,
     FLUSH_DONE,
     BATCH_COMPLETED,
-    BatchMemberRecorded(run_id=RUN, batch_id=BATCH, token_id=TOK1, ordinal=0),
-    BatchOutputRecorded(run_id=RUN, batch_id=BATCH, token_id=TOK_OUT, ordinal=0),
+    rec.batch_member(run_id=RUN, batch_id=BATCH, token_id=TOK1, ordinal=0),
+    rec.batch_output(run_id=RUN, batch_id=BATCH, token_id=TOK_OUT, ordinal=0),
     outcome(TOK1, Outcome.CONSUMED_IN_BATCH, AGG),
-    ArtifactRecorded(run_id=RUN, artifact_id=ART, sink_node_id=SINK_LARGE, path="/out/large/part-1.jsonl",
+    rec.artifact(run_id=RUN, artifact_id=ART, sink_node_id=SINK_LARGE, path="/out/large/part-1.jsonl",
                      content_hash=h("art"), size_bytes=123, row_count=1, created_at=ts(8)),
     outcome(TOK0_LARGE, Outcome.COMPLETED, SINK_LARGE, sink_name="large", artifact_id=ART, artifact_row=0),
     outcome(TOK0_REVIEW, Outcome.COMPLETED, SINK_REVIEW, sink_name="review"),
@@ -176,7 +166,7 @@ def store(tmp_path):
 @pytest.fixture(scope="module")
 def canonical_snapshot(tmp_path_factory):
     st_ = fresh_store(tmp_path_factory.mktemp("canonical"))
-    st_.write_events(EVENTS)
+    rec.write(st_, EVENTS)
     snap = snapshot(st_)
     st_.dispose()
     return snap
@@ -219,11 +209,11 @@ def test_canonical_database_contents(canonical_snapshot):
 
 
 def test_replay_into_same_database_changes_nothing(store, canonical_snapshot):
-    store.write_events(EVENTS)
-    store.write_events(EVENTS)
-    store.write_events(list(reversed(EVENTS)))
+    rec.write(store, EVENTS)
+    rec.write(store, EVENTS)
+    rec.write(store, list(reversed(EVENTS)))
     for ev in EVENTS:
-        store.write_events([ev])
+        rec.write(store, [ev])
     assert snapshot(store) == canonical_snapshot
 
 
@@ -236,12 +226,12 @@ def test_shuffled_duplicated_split_writes_give_identical_database(tmp_path, cano
     rng.shuffle(mixed)
     b = fresh_store(tmp_path, "b.db")
     try:
-        b.write_events(first)
-        b.write_events(mixed[: len(mixed) // 2])
-        b.write_events([GATE_OPEN, BATCH_EXECUTING])
-        b.write_events(mixed[len(mixed) // 2:] + [BATCH_DRAFT])
-        b.write_events([ROW_EVENT_0, BATCH_DRAFT, GATE_OPEN])
-        b.write_events(rng.sample(EVENTS, len(EVENTS)))
+        rec.write(b, first)
+        rec.write(b, mixed[: len(mixed) // 2])
+        rec.write(b, [GATE_OPEN, BATCH_EXECUTING])
+        rec.write(b, mixed[len(mixed) // 2:] + [BATCH_DRAFT])
+        rec.write(b, [ROW_EVENT_0, BATCH_DRAFT, GATE_OPEN])
+        rec.write(b, rng.sample(EVENTS, len(EVENTS)))
         snap_b = snapshot(b)
     finally:
         b.dispose()
@@ -254,7 +244,7 @@ def test_every_table_is_compared(canonical_snapshot):
     expected = {
         "runs", "nodes", "edges", "rows", "tokens", "token_parents", "node_states", "routing_events",
         "batches", "batch_members", "batch_outputs", "token_outcomes", "artifacts", "landscape_schema",
-        "record_digests",
+        "record_digests", "audit_segments",
     }
     assert set(canonical_snapshot) == expected
 
@@ -277,7 +267,7 @@ def test_any_permutation_and_duplication_gives_same_database(canonical_snapshot,
         b = fresh_store(Path(tmp))
         try:
             for chunk in chunks:
-                b.write_events(chunk)
+                rec.write(b, chunk)
             snap_b = snapshot(b)
         finally:
             b.dispose()
@@ -289,18 +279,18 @@ def test_batch_lifecycle_events_stamped_at_different_times_are_order_independent
     flush, each BatchRecorded stamped with its own created_at (default utc_now()). Invariant 4
     (any order → same database) must hold for the batches table too."""
     common = {k: v for k, v in BATCH_COMMON.items() if k != "created_at"}
-    draft = BatchRecorded(status=BatchStatus.DRAFT, created_at=ts(5), **common)
-    executing = BatchRecorded(status=BatchStatus.EXECUTING, trigger_type=TriggerType.COUNT,
+    draft = rec.batch(status=BatchStatus.DRAFT, created_at=ts(5), **common)
+    executing = rec.batch(status=BatchStatus.EXECUTING, trigger_type=TriggerType.COUNT,
                               trigger_reason="count reached 1", created_at=ts(6), **common)
-    completed = BatchRecorded(status=BatchStatus.COMPLETED, trigger_type=TriggerType.COUNT,
+    completed = rec.batch(status=BatchStatus.COMPLETED, trigger_type=TriggerType.COUNT,
                               trigger_reason="count reached 1", aggregation_state_id=ST_FLUSH,
                               completed_at=ts(7), created_at=ts(7), **common)
     a, b = fresh_store(tmp_path, "a.db"), fresh_store(tmp_path, "b.db")
     try:
         for ev in (draft, executing, completed):
-            a.write_events([ev])
+            rec.write(a, [ev])
         for ev in (completed, executing, draft):
-            b.write_events([ev])
+            rec.write(b, [ev])
         # the batch was created when its draft was recorded, whichever event arrived first
         assert [r["created_at"] for r in a.table_rows(s.batches)] == [ts(5)]
         assert [r["created_at"] for r in b.table_rows(s.batches)] == [ts(5)]
@@ -314,9 +304,9 @@ def test_batch_lifecycle_events_stamped_at_different_times_are_order_independent
 
 
 def test_batch_completed_then_executing_stays_completed(store):
-    store.write_events([BATCH_COMPLETED])
-    store.write_events([BATCH_EXECUTING])
-    store.write_events([BATCH_DRAFT])
+    rec.write(store, [BATCH_COMPLETED])
+    rec.write(store, [BATCH_EXECUTING])
+    rec.write(store, [BATCH_DRAFT])
     row = one(store, s.batches, batch_id=BATCH)
     assert row["status"] == "completed"
     assert row["aggregation_state_id"] == ST_FLUSH
@@ -325,48 +315,48 @@ def test_batch_completed_then_executing_stays_completed(store):
 
 
 def test_batch_moves_forward_step_by_step(store):
-    store.write_events([BATCH_DRAFT])
+    rec.write(store, [BATCH_DRAFT])
     assert one(store, s.batches, batch_id=BATCH)["status"] == "draft"
     assert one(store, s.batches, batch_id=BATCH)["trigger_type"] is None
-    store.write_events([BATCH_EXECUTING])
+    rec.write(store, [BATCH_EXECUTING])
     row = one(store, s.batches, batch_id=BATCH)
     assert (row["status"], row["trigger_type"], row["trigger_reason"]) == ("executing", "count", "count reached 1")
-    store.write_events([BATCH_DRAFT])
+    rec.write(store, [BATCH_DRAFT])
     assert one(store, s.batches, batch_id=BATCH)["status"] == "executing"
-    store.write_events([BATCH_COMPLETED])
+    rec.write(store, [BATCH_COMPLETED])
     row = one(store, s.batches, batch_id=BATCH)
     assert (row["status"], row["aggregation_state_id"]) == ("completed", ST_FLUSH)
 
 
 def test_terminal_batch_never_changes(store):
-    failed = BatchRecorded(status=BatchStatus.FAILED, trigger_type=TriggerType.END_OF_SOURCE,
+    failed = rec.batch(status=BatchStatus.FAILED, trigger_type=TriggerType.END_OF_SOURCE,
                            trigger_reason="end of source", aggregation_state_id=ST_FLUSH, completed_at=ts(8),
                            **BATCH_COMMON)
-    store.write_events([BATCH_DRAFT, failed])
-    store.write_events([BATCH_COMPLETED])
+    rec.write(store, [BATCH_DRAFT, failed])
+    rec.write(store, [BATCH_COMPLETED])
     row = one(store, s.batches, batch_id=BATCH)
     assert (row["status"], row["trigger_type"], row["completed_at"]) == ("failed", "end_of_source", ts(8))
 
 
 def test_node_state_failed_then_open_stays_failed(store):
-    failed = NodeStateRecorded(run_id=RUN, state_id=ST_GATE0, node_id=GATE, token_id=TOK0,
+    failed = rec.node_state(run_id=RUN, state_id=ST_GATE0, node_id=GATE, token_id=TOK0,
                                status=NodeStateStatus.FAILED, input_hash=h("in-g0"), duration_ms=1.0,
                                error_json='{"type":"X"}', started_at=ts(2), completed_at=ts(3))
-    store.write_events([failed])
-    store.write_events([GATE_OPEN])
+    rec.write(store, [failed])
+    rec.write(store, [GATE_OPEN])
     row = one(store, s.node_states, state_id=ST_GATE0)
     assert row["status"] == "failed" and row["error_json"] == '{"type":"X"}' and row["completed_at"] == ts(3)
     # a later, different terminal event does not overwrite the first either
-    store.write_events([GATE_DONE])
+    rec.write(store, [GATE_DONE])
     row = one(store, s.node_states, state_id=ST_GATE0)
     assert row["status"] == "failed" and row["output_hash"] is None
 
 
 def test_node_state_open_then_completed_in_later_transaction(store):
-    store.write_events([GATE_OPEN])
+    rec.write(store, [GATE_OPEN])
     row = one(store, s.node_states, state_id=ST_GATE0)
     assert row["status"] == "open" and row["output_hash"] is None
-    store.write_events([GATE_DONE])
+    rec.write(store, [GATE_DONE])
     row = one(store, s.node_states, state_id=ST_GATE0)
     assert (row["status"], row["output_hash"], row["duration_ms"], row["completed_at"]) == (
         "completed", h("out-g0"), 0.25, ts(3),
@@ -377,38 +367,38 @@ def test_node_state_open_then_completed_in_later_transaction(store):
 
 
 def test_second_different_terminal_outcome_raises(store):
-    store.write_events([outcome(TOK0_LARGE, Outcome.COMPLETED, SINK_LARGE, sink_name="large")])
+    rec.write(store, [outcome(TOK0_LARGE, Outcome.COMPLETED, SINK_LARGE, sink_name="large")])
     with pytest.raises(IntegrityError):
-        store.write_events([outcome(TOK0_LARGE, Outcome.FAILED, SINK_LARGE, error_json="{}")])
+        rec.write(store, [outcome(TOK0_LARGE, Outcome.FAILED, SINK_LARGE, error_json="{}")])
     rows = store.table_rows(s.token_outcomes)
     assert [(r["outcome"], r["is_terminal"]) for r in rows] == [("completed", True)]
 
 
 def test_same_terminal_outcome_replayed_is_ignored(store):
     ev = outcome(TOK0_LARGE, Outcome.COMPLETED, SINK_LARGE, sink_name="large")
-    store.write_events([ev, ev])
-    store.write_events([ev])
+    rec.write(store, [ev, ev])
+    rec.write(store, [ev])
     assert len(store.table_rows(s.token_outcomes)) == 1
 
 
 def test_buffered_then_terminal_is_allowed(store):
-    store.write_events([outcome(TOK1, Outcome.BUFFERED, AGG)])
-    store.write_events([outcome(TOK1, Outcome.CONSUMED_IN_BATCH, AGG)])
+    rec.write(store, [outcome(TOK1, Outcome.BUFFERED, AGG)])
+    rec.write(store, [outcome(TOK1, Outcome.CONSUMED_IN_BATCH, AGG)])
     kinds = sorted((r["outcome"], r["is_terminal"]) for r in store.table_rows(s.token_outcomes))
     assert kinds == [("buffered", False), ("consumed_in_batch", True)]
 
 
 def test_conflict_rolls_back_the_whole_transaction(store):
-    store.write_events([outcome(TOK0, Outcome.FORKED, GATE)])
+    rec.write(store, [outcome(TOK0, Outcome.FORKED, GATE)])
     with pytest.raises(IntegrityError):
-        store.write_events([ROW_EVENT_0, outcome(TOK0, Outcome.QUARANTINED, GATE, error_json="{}")])
+        rec.write(store, [ROW_EVENT_0, outcome(TOK0, Outcome.QUARANTINED, GATE, error_json="{}")])
     assert store.table_rows(s.rows) == []
 
 
-def _state(**kw: Any) -> NodeStateRecorded:
+def _state(**kw: Any) -> tuple:
     fields = dict(run_id=RUN, state_id="st_x", node_id=GATE, token_id=TOK0, started_at=ts(1), attempt=1)
     fields.update(kw)
-    return NodeStateRecorded(**fields)
+    return rec.node_state(**fields)
 
 
 @pytest.mark.parametrize(
@@ -424,35 +414,35 @@ def _state(**kw: Any) -> NodeStateRecorded:
 )
 def test_schema_rejects_undisciplined_node_states(store, bad):
     with pytest.raises(IntegrityError):
-        store.write_events([_state(**bad)])
+        rec.write(store, [_state(**bad)])
     assert store.table_rows(s.node_states) == []
 
 
 def test_closing_an_open_state_without_output_hash_is_rejected(store):
-    store.write_events([_state(status=NodeStateStatus.OPEN)])
+    rec.write(store, [_state(status=NodeStateStatus.OPEN)])
     with pytest.raises(IntegrityError):
-        store.write_events([_state(status=NodeStateStatus.COMPLETED, duration_ms=1.0)])
+        rec.write(store, [_state(status=NodeStateStatus.COMPLETED, duration_ms=1.0)])
     assert one(store, s.node_states, state_id="st_x")["status"] == "open"
 
 
 def test_token_node_attempt_is_unique(store):
-    store.write_events([_state(status=NodeStateStatus.OPEN)])
+    rec.write(store, [_state(status=NodeStateStatus.OPEN)])
     with pytest.raises(IntegrityError):
-        store.write_events([_state(state_id="st_other", status=NodeStateStatus.OPEN)])
-    store.write_events([_state(state_id="st_attempt2", status=NodeStateStatus.OPEN, attempt=2)])
+        rec.write(store, [_state(state_id="st_other", status=NodeStateStatus.OPEN)])
+    rec.write(store, [_state(state_id="st_attempt2", status=NodeStateStatus.OPEN, attempt=2)])
     assert len(store.table_rows(s.node_states)) == 2
 
 
 def test_empty_write_is_a_no_op(store):
-    store.write_events([])
-    store.write_events(iter(()))
+    rec.write(store, [])
+    rec.write(store, iter(()))
     assert all(store.table_rows(t) == [] for t in s.metadata.sorted_tables if t is not s.landscape_schema)
 
 
 def test_events_stored_in_two_databases_are_independent(tmp_path):
     a, b = fresh_store(tmp_path, "a.db"), fresh_store(tmp_path, "b.db")
     try:
-        a.write_events(EVENTS[:2])
+        rec.write(a, EVENTS[:2])
         assert len(a.table_rows(s.rows)) == 2
         assert b.table_rows(s.rows) == []
     finally:

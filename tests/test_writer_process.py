@@ -1,4 +1,4 @@
-"""The audit writer child: commits before a bundle's wait returns, reports errors, dies with its parent."""
+"""The audit writer child: commits and loads before a bundle's wait returns, reports errors, dies with its parent."""
 
 from __future__ import annotations
 
@@ -10,16 +10,21 @@ import time
 import pytest
 from sqlalchemy import select
 
-from elspeth_beam.core.enums import Outcome
-from elspeth_beam.core.events import OutcomeRecorded
-from elspeth_beam.landscape import schema as s
-from elspeth_beam.landscape.store import WRITE_STATS, LandscapeStore
+import records_for_tests as rec
+from elspeth_beam.auditlog import segments
+from elspeth_beam.auditlog.buffer import AuditSegment
+from elspeth_beam.auditlog.loader import WRITE_STATS
+from elspeth_beam.auditlog.records import tables_of
 from elspeth_beam.auditlog.writer_process import AuditWriter, AuditWriterError
+from elspeth_beam.core.enums import Outcome
+from elspeth_beam.landscape import schema as s
+from elspeth_beam.landscape.store import LandscapeStore
 
 
-def _outcomes(n: int, run_id: str = "run-w") -> list[OutcomeRecorded]:
-    return [OutcomeRecorded.fast(run_id=run_id, outcome_id=f"out_{i}", token_id=f"tok_{i}", outcome=Outcome.COMPLETED,
-                                 node_id="sink:out", sink_name="out") for i in range(n)]
+def _outcomes(n: int, start: int = 0, run_id: str = "run-w") -> AuditSegment:
+    records = [rec.outcome(run_id=run_id, outcome_id=f"out_{i}", token_id=f"tok_{i}", outcome=Outcome.COMPLETED,
+                           node_id="sink:out", sink_name="out") for i in range(start, n)]
+    return AuditSegment(run_id, "sink:out", tables_of(records))
 
 
 def _gone(pid: int, within: float = 10.0) -> bool:
@@ -39,13 +44,17 @@ def test_wait_returns_after_every_batch_is_committed(tmp_path):
     url = f"sqlite:///{tmp_path}/l.db"
     writer = AuditWriter()
     rows_before = WRITE_STATS.rows
-    tickets = [writer.submit(url, batch) for batch in (_outcomes(3000), _outcomes(7000)[3000:], _outcomes(10))]
+    log = tmp_path / "audit"
+    tickets = [writer.submit_segment(url, str(log), seg) for seg in (_outcomes(3000), _outcomes(7000, 3000), _outcomes(3000))]
     writer.wait(tickets)
     store = LandscapeStore(url)
     with store.engine.connect() as conn:  # a fresh connection sees all of it: committed
         ids = conn.execute(select(s.token_outcomes.c.outcome_id)).scalars().all()
+        loaded = conn.execute(select(s.audit_segments.c.segment_id)).scalars().all()
     assert sorted(ids) == sorted(f"out_{i}" for i in range(7000))
-    assert WRITE_STATS.rows - rows_before == 3000 + 4000 + 10  # the child's counts reach this process
+    assert WRITE_STATS.rows - rows_before == 3000 + 4000  # the child's counts reach this process; the third: loaded before
+    assert len(loaded) == 2  # the third segment is the first one's work again: one name, one load
+    assert len(segments.committed(log / "run-w")) == 2  # and one committed segment
     writer.wait(tickets)  # waiting again is harmless
     store.dispose()
 
@@ -59,12 +68,13 @@ def test_a_failed_write_is_raised_to_the_bundle_that_sent_it(tmp_path):
     con.commit()
     con.close()
     writer = AuditWriter()
-    ok = writer.submit(f"sqlite:///{tmp_path}/new.db", _outcomes(5))
-    bad = writer.submit(f"sqlite:///{db}", _outcomes(5))
+    log = str(tmp_path / "audit")
+    ok = writer.submit_segment(f"sqlite:///{tmp_path}/new.db", log, _outcomes(5))
+    bad = writer.submit_segment(f"sqlite:///{db}", log, _outcomes(5))
     writer.wait([ok])
     with pytest.raises(AuditWriterError, match="schema version 1"):
         writer.wait([ok, bad])
-    writer.wait([writer.submit(f"sqlite:///{tmp_path}/new.db", _outcomes(6))])  # the child lives on
+    writer.wait([writer.submit_segment(f"sqlite:///{tmp_path}/new.db", log, _outcomes(6))])  # the child lives on
 
 
 def test_the_child_exits_when_its_pipeline_process_dies(tmp_path):
@@ -89,29 +99,27 @@ def test_relative_sqlite_urls_mean_the_pipeline_process_directory(tmp_path, monk
     assert absolute_url("postgresql://u:secret@h/db") == "postgresql://u:secret@h/db"
 
 
-def test_audit_elements_are_batched_into_transactions_but_never_split(tmp_path):
-    """Small elements share a transaction of about 5 000 events; an element is never split, so
-    a sink's part (its artifact and all of its rows' outcomes) commits whole or not at all."""
-    from elspeth_beam.pipeline import landscape_sink
+def test_each_segment_goes_to_the_writer_whole_and_the_bundle_waits_for_all(tmp_path):
+    """A segment is one transaction: a sink's part (its artifact and all of its rows' outcomes)
+    commits whole or not at all; finish_bundle waits for every segment of the bundle."""
+    from elspeth_beam.pipeline import audit_sink
 
     sizes: list[int] = []
+    waited: list[list[int]] = []
 
     class Recording:
-        def submit(self, url, events):
-            sizes.append(len(events))
+        def submit_segment(self, url, audit_log, segment):
+            sizes.append(segment.records)
             return len(sizes)
 
         def wait(self, tickets):
-            assert tickets == list(range(1, len(sizes) + 1))
+            waited.append(list(tickets))
 
-    fn = landscape_sink.WriteLandscapeFn(f"sqlite:///{tmp_path}/l.db")
+    fn = audit_sink.WriteAuditFn(f"sqlite:///{tmp_path}/l.db", str(tmp_path / "audit"))
     fn.writer = Recording()
     fn.start_bundle()
-    for _ in range(3):
-        fn.process(_outcomes(2000))
-    assert sizes == [4000]  # the third would have made 6 000
-    fn.process(_outcomes(10_001))  # a part of 5 000 rows: one element
-    assert sizes == [4000, 2000, 10_001]
-    fn.process(_outcomes(10))
+    for n in (2000, 10_001, 10):
+        fn.process(_outcomes(n))
     fn.finish_bundle()
-    assert sizes == [4000, 2000, 10_001, 10]
+    assert sizes == [2000, 10_001, 10]
+    assert waited == [[1, 2, 3]]

@@ -1,18 +1,20 @@
-"""The audit writer process: Landscape writes on the second core, committed before a bundle ends.
+"""The audit writer process: segments committed and loaded on the second core, before a bundle ends.
 
 Writing the audit is most of an audited run's extra work, and in the pipeline's own process
 it can only take turns with Beam for the GIL (a writer *thread* lost: SQLite gives the GIL
 back for every row, and taking it back from the busy pipeline thread cost more than the
-overlap won). So each pipeline process starts one child process that owns the Landscape
-connections. Audit writers hand it batches of events (``submit``) and keep working; before
-their bundle finishes they ``wait`` until the child has committed every batch of it. What Beam
-counts as done is therefore in the Landscape, exactly as with writes in-process.
+overlap won). So each pipeline process starts one child process that owns the audit log's
+files and the Landscape connections. Audit sinks hand it segments (``submit_segment``) and
+keep working; the child commits each to the audit log (``segments.commit``) and loads it
+(``loader.load_records``, with its ``audit_segments`` row). Before their bundle finishes,
+audit sinks ``wait`` until the child has done so for every segment of it: what Beam counts as
+done is in the audit log and in the Landscape.
 
 At a run's end the child also digests most event tables (``digest``) while the pipeline
 process verifies the run and digests the others.
 
-Frames on the pipes are an 8-byte length and a pickle. Requests: ``("write", ticket, url,
-events)``, ``("digest", ticket, url, run_id, tables)`` and ``("release", url)``; replies:
+Frames on the pipes are an 8-byte length and a pickle. Requests: ``("segment", ticket, url,
+audit_log, (run_id, node_id, tables))``, ``("digest", ticket, url, run_id, tables)`` and ``("release", url)``; replies:
 ``(ticket, rows, seconds, error, result)``, in ticket order.
 If the pipeline process dies, the child sees its stdin close and exits at once: what it
 committed stays, anything else is lost with the bundle that sent it — as in a crash in-process.
@@ -32,10 +34,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from elspeth_beam.core.errors import LandscapeError
-from elspeth_beam.core.events import pack_events, unpack_events
+from elspeth_beam.auditlog import segments
+from elspeth_beam.auditlog.buffer import AuditSegment
 from elspeth_beam.auditlog.digest import digest_tables_apart
-from elspeth_beam.landscape.store import WRITE_STATS, LandscapeStore
+from elspeth_beam.auditlog.loader import WRITE_STATS, load_records
+from elspeth_beam.core.errors import LandscapeError
+from elspeth_beam.landscape.store import LandscapeStore
 
 _HEADER = struct.Struct("<Q")
 _IN_FLIGHT = 4  # batches queued in the child before a submit waits: bounds memory on both sides
@@ -87,11 +91,11 @@ class AuditWriter:
                 cls._shared = cls()
             return cls._shared
 
-    def submit(self, url: str, events: Sequence[Any]) -> int:
-        """Queue a batch for one transaction; returns its ticket for ``wait``."""
+    def submit_segment(self, url: str, audit_log: str, segment: AuditSegment) -> int:
+        """Queue a segment to commit and load; returns its ticket for ``wait``."""
         while self._submitted - self._done >= _IN_FLIGHT:
             self._read_reply()
-        return self._request("write", url, pack_events(events))
+        return self._request("segment", url, audit_log, (segment.run_id, segment.node_id, segment.tables))
 
     def submit_digest(self, url: str, run_id: str, tables: Sequence[str]) -> int:
         """Have the child digest ``tables`` of a run (``digest.digest_tables_apart``); see ``result``."""
@@ -110,7 +114,7 @@ class AuditWriter:
         return self._results.pop(ticket, None)
 
     def wait(self, tickets: Sequence[int]) -> None:
-        """Return once every ticket's batch is committed; raise the first one's error."""
+        """Return once every ticket's segment is committed and loaded; raise the first one's error."""
         if tickets:
             while self._done < max(tickets):
                 self._read_reply()
@@ -197,7 +201,9 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
                 result = digest_tables_apart(store.engine, message[3], message[4])
                 _send(replies, (ticket, 0, 0.0, None, result))
                 continue
-            store.write_events(unpack_events(message[3]))
+            segment = AuditSegment(*message[4])
+            manifest = segments.commit(segments.run_dir(message[3], segment.run_id), segment)
+            load_records(store.engine, segment.tables, manifest=manifest)
             _send(replies, (ticket, WRITE_STATS.rows - rows, WRITE_STATS.seconds - seconds, None, None))
         except Exception as exc:  # reported to whoever waits for it (a bundle fails and is retried)
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()

@@ -75,6 +75,16 @@ class SinkSettings(_Model):
 
 class LandscapeSettings(_Model):
     url: str = DEFAULT_URL
+    audit_log: str | None = Field(
+        None,
+        description="folder of the audit log's segment files, one subfolder per run (default: beside a SQLite "
+                    "Landscape, <file>.audit; otherwise runs/audit)",
+    )
+    segment_records: int | None = Field(
+        None, ge=1,
+        description="audit records per segment at most, within a bundle (default 20000): smaller segments commit "
+                    "sooner and hold less memory, larger ones cost fewer files",
+    )
 
 
 class RunSettings(_Model):

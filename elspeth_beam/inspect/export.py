@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 
 import elspeth_beam
 from elspeth_beam.core.errors import ElspethError
-from elspeth_beam.core.events import utc_now
+from elspeth_beam.core.timestamps import utc_now
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import RUN_TABLES, LandscapeStore, run_rows
 

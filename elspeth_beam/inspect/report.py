@@ -27,7 +27,7 @@ from sqlalchemy import Connection, func, select
 
 from elspeth_beam.core.enums import NodeType
 from elspeth_beam.core.errors import ElspethError
-from elspeth_beam.core.events import utc_now
+from elspeth_beam.core.timestamps import utc_now
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
 from elspeth_beam.inspect.report_html import render_html

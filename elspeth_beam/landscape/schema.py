@@ -27,7 +27,7 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
-SCHEMA_VERSION = 4  # bump on any change to the tables below, or to how ids are made (4: ordered ids)
+SCHEMA_VERSION = 5  # bump on any change to the tables below, or to how ids are made (4: ordered ids; 5: audit_segments)
 
 landscape_schema = Table("landscape_schema", metadata, Column("version", Integer, primary_key=True))
 
@@ -223,6 +223,19 @@ artifacts = Table(
     Column("artifact_kind", String(8), nullable=False),
     Column("created_at", TS, nullable=False),
 )
+
+audit_segments = Table(
+    "audit_segments",
+    metadata,
+    Column("segment_id", String(200), primary_key=True),  # the segment's name (auditlog/segments.py)
+    Column("run_id", ID, nullable=False, index=True),
+    Column("node_id", String(200), nullable=False),
+    Column("attempt_tag", String(16), nullable=False),  # which write of the work committed last (random)
+    Column("records", Integer, nullable=False),
+    Column("loaded_at", TS, nullable=False),
+)
+"""The audit log's segments loaded into this Landscape: a segment loads in the transaction that
+writes this row, so none is loaded twice and resume knows which are still to load."""
 
 record_digests = Table(
     "record_digests",

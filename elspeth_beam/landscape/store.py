@@ -1,65 +1,26 @@
 """LandscapeStore: the one way anything writes or reads the audit database.
 
-Writes are idempotent and order-independent: inserts ignore a row whose deterministic key
-already exists, and statuses only move forward (draft < executing < completed|failed;
-open < completed|failed). Replaying any set of events, in any order, changes nothing.
+It owns the engine, the schema's creation and version check, and a run's own record
+(begin, finish, reopen). Audit records are written by the loader (``auditlog/loader.py``).
 """
 
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Select, Table, and_, bindparam, create_engine, event, inspect, literal, or_, select, update
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy import Engine, Select, Table, create_engine, event, inspect, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from elspeth_beam.core.enums import BatchStatus, NodeStateStatus, RunStatus
+from elspeth_beam.core.enums import RunStatus
 from elspeth_beam.core.errors import LandscapeError, RunExistsError, RunNotFoundError
-from elspeth_beam.core.events import (
-    AuditEvent,
-    BatchRecorded,
-    NodeStateRecorded,
-    OutcomeRecorded,
-    TokenCreated,
-    utc_now,
-)
+from elspeth_beam.core.timestamps import utc_now
 from elspeth_beam.landscape import schema as s
 
 DEFAULT_URL = "sqlite:///runs/landscape.db"
-_DEADLOCK_RETRIES = 5
 FINAL_STATUSES = (RunStatus.COMPLETED.value, RunStatus.FAILED.value)  # digested at finish (auditlog/digest.py)
-
-
-class WriteStats:
-    """What this process's audit writes cost: rows offered and seconds inside ``write_events``
-    (the benchmark's audit-sink rate; cheap enough to keep always on)."""
-
-    def __init__(self) -> None:
-        self.rows = 0
-        self.seconds = 0.0
-        self._lock = threading.Lock()
-
-    def add(self, rows: int, seconds: float) -> None:
-        with self._lock:
-            self.rows += rows
-            self.seconds += seconds
-
-
-WRITE_STATS = WriteStats()
-
-
-def _is_retryable(exc: OperationalError | IntegrityError) -> bool:
-    text = str(exc.orig).lower()
-    if isinstance(exc, IntegrityError):
-        return "duplicate key" in text or "unique constraint" in text
-    return "deadlock" in text or "could not serialize" in text or "database is locked" in text
 
 
 def normalize_url(url_or_path: str) -> str:
@@ -101,54 +62,6 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)
-
-
-_COMPILED: dict[tuple[str, str, tuple[str, ...]], tuple[str, tuple[str, ...] | None]] = {}
-
-
-def _insert_sql(conn: Connection, table: Table, columns: tuple[str, ...]) -> tuple[str, tuple[str, ...] | None]:
-    """The dialect's insert-or-ignore for these columns, compiled once per process."""
-    cache_key = (conn.dialect.name, table.name, columns)
-    if cache_key not in _COMPILED:
-        dialect = conn.dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        elif dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            raise LandscapeError(f"unsupported Landscape database dialect {dialect!r}: use SQLite or PostgreSQL")
-        keys = [c.name for c in table.primary_key.columns]
-        compiled = insert(table).on_conflict_do_nothing(index_elements=keys).compile(
-            dialect=conn.dialect, column_keys=list(columns)
-        )
-        _COMPILED[cache_key] = (str(compiled), tuple(compiled.positiontup) if compiled.positional else None)
-    return _COMPILED[cache_key]
-
-
-def _insert_ignore(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> int:
-    """Insert-or-ignore on the primary key, as one executemany at the driver level (the
-    SQLAlchemy-level executemany spent more time building parameters than SQLite inserting).
-
-    ``rows`` may be events' own ``__dict__``s: only the table's columns are read, so no copy
-    is made. StrEnum values bind as their text on both drivers.
-    """
-    if not rows:
-        return 0
-    columns = tuple(c.name for c in table.columns if c.name in rows[0])
-    # one key order for every writer: concurrent transactions lock rows in the same order
-    ordered = sorted(rows, key=itemgetter(*(c.name for c in table.primary_key.columns)))
-    sql, positions = _insert_sql(conn, table, columns)
-    if positions is not None:
-        params: list[Any] = list(map(itemgetter(*positions), ordered))
-    else:
-        params = [{c: r[c] for c in columns} for r in ordered]
-    conn.exec_driver_sql(sql, params)
-    return len(params)
-
-
-def _fields(events: Sequence[AuditEvent]) -> list[dict[str, Any]]:
-    """The events' field dicts, as rows for ``_insert_ignore`` (read-only, never copied)."""
-    return [e.__dict__ for e in events]
 
 
 class LandscapeStore:
@@ -201,140 +114,6 @@ class LandscapeStore:
     def dispose(self) -> None:
         self.engine.dispose()
 
-    # ---- audit events -------------------------------------------------------------------
-
-    def write_events(self, events: Iterable[AuditEvent]) -> None:
-        """Persist events in one transaction; replays and reorderings are no-ops."""
-        started = time.perf_counter()
-        by_kind: dict[str, list[AuditEvent]] = defaultdict(list)
-        for ev in events:
-            by_kind[ev.kind].append(ev)
-        if not by_kind:
-            return
-        for attempt in range(_DEADLOCK_RETRIES):
-            try:
-                with self.engine.begin() as conn:
-                    rows_written = self._write(conn, by_kind)
-                WRITE_STATS.add(rows_written, time.perf_counter() - started)
-                return
-            except (OperationalError, IntegrityError) as exc:
-                # A deadlock victim, or a race: another writer was committing the same record,
-                # which PostgreSQL reports on a secondary unique index before the primary key
-                # lets ON CONFLICT ignore it. Replaying the write is safe; a real conflict (a
-                # second, different terminal outcome) fails every attempt and surfaces.
-                if attempt + 1 == _DEADLOCK_RETRIES or not _is_retryable(exc):
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-
-    def _write(self, conn: Connection, by_kind: dict[str, list[AuditEvent]]) -> int:
-        """Insert every kind of event; returns the number of rows offered to the database."""
-        toks: list[TokenCreated] = by_kind.get("token", [])  # type: ignore[assignment]
-        outcomes: list[OutcomeRecorded] = by_kind.get("outcome", [])  # type: ignore[assignment]
-        parents = [{"token_id": e.token_id, "parent_token_id": p, "ordinal": i} for e in toks for i, p in enumerate(e.parent_ids)]
-        n = _insert_ignore(conn, s.rows, _fields(by_kind.get("row", [])))
-        n += _insert_ignore(conn, s.tokens, _fields(toks))
-        n += _insert_ignore(conn, s.token_parents, parents)
-        n += self._write_node_states(conn, by_kind.get("node_state", []))  # type: ignore[arg-type]
-        n += _insert_ignore(conn, s.routing_events, _fields(by_kind.get("routing", [])))
-        n += self._write_batches(conn, by_kind.get("batch", []))  # type: ignore[arg-type]
-        n += _insert_ignore(conn, s.batch_members, _fields(by_kind.get("batch_member", [])))
-        n += _insert_ignore(conn, s.batch_outputs, _fields(by_kind.get("batch_output", [])))
-        n += _insert_ignore(conn, s.token_outcomes, [{**e.__dict__, "is_terminal": e.outcome.is_terminal} for e in outcomes])
-        return n + _insert_ignore(conn, s.artifacts, _fields(by_kind.get("artifact", [])))
-
-    def _write_node_states(self, conn: Connection, events: list[NodeStateRecorded]) -> int:
-        written = _insert_ignore(conn, s.node_states, _fields(events))
-        closed = self._still_open(conn, [e for e in events if e.status is not NodeStateStatus.OPEN])
-        if closed:
-            t = s.node_states
-            stmt = (
-                update(t)
-                .where(and_(t.c.state_id == bindparam("b_state_id"), t.c.status == NodeStateStatus.OPEN.value))
-                .values(
-                    status=bindparam("b_status"),
-                    output_hash=bindparam("b_output_hash"),
-                    duration_ms=bindparam("b_duration_ms"),
-                    error_json=bindparam("b_error_json"),
-                    completed_at=bindparam("b_completed_at"),
-                )
-            )
-            conn.execute(
-                stmt,
-                [
-                    {
-                        "b_state_id": e.state_id,
-                        "b_status": e.status.value,
-                        "b_output_hash": e.output_hash,
-                        "b_duration_ms": e.duration_ms,
-                        "b_error_json": e.error_json,
-                        "b_completed_at": e.completed_at,
-                    }
-                    for e in closed
-                ],
-            )
-        return written
-
-    @staticmethod
-    def _still_open(conn: Connection, events: list[NodeStateRecorded]) -> list[NodeStateRecorded]:
-        """The closing events whose state is stored as open — usually none, since executors
-        record states closed; asking first (a partial index of open states answers it)
-        spares one UPDATE per state."""
-        if not events:
-            return []
-        t = s.node_states
-        # Only the status in the WHERE: with run_id there too, SQLite's planner took the run_id
-        # index (same estimated cost) and walked every state of the run on each write — 10 ms
-        # per write at 60k states, growing with the run. Open states are few in any database.
-        stmt = select(t.c.state_id, t.c.run_id).where(t.c.status == literal(NodeStateStatus.OPEN.value, literal_execute=True))
-        run_ids = {e.run_id for e in events}
-        open_ids = {state for state, run in conn.execute(stmt) if run in run_ids}
-        return [e for e in events if e.state_id in open_ids]
-
-    def _write_batches(self, conn: Connection, events: list[BatchRecorded]) -> int:
-        written = _insert_ignore(conn, s.batches, [{**e.__dict__, "aggregation_node_id": e.node_id} for e in events])
-        t = s.batches
-        if events:  # a batch was created when its first event was made, whichever lands first
-            conn.execute(
-                update(t)
-                .where(and_(t.c.batch_id == bindparam("b_batch_id"), t.c.created_at > bindparam("b_created_at")))
-                .values(created_at=bindparam("b_created_at")),
-                [{"b_batch_id": e.batch_id, "b_created_at": e.created_at} for e in events],
-            )
-        earlier = {
-            BatchStatus.EXECUTING: [BatchStatus.DRAFT.value],
-            BatchStatus.COMPLETED: [BatchStatus.DRAFT.value, BatchStatus.EXECUTING.value],
-            BatchStatus.FAILED: [BatchStatus.DRAFT.value, BatchStatus.EXECUTING.value],
-        }
-        for status, lower in earlier.items():
-            moved = [e for e in events if e.status is status]
-            if not moved:
-                continue
-            stmt = (
-                update(t)
-                .where(and_(t.c.batch_id == bindparam("b_batch_id"), or_(*(t.c.status == s_ for s_ in lower))))
-                .values(
-                    status=status.value,
-                    trigger_type=bindparam("b_trigger_type"),
-                    trigger_reason=bindparam("b_trigger_reason"),
-                    aggregation_state_id=bindparam("b_state_id"),
-                    completed_at=bindparam("b_completed_at"),
-                )
-            )
-            conn.execute(
-                stmt,
-                [
-                    {
-                        "b_batch_id": e.batch_id,
-                        "b_trigger_type": e.trigger_type.value if e.trigger_type else None,
-                        "b_trigger_reason": e.trigger_reason,
-                        "b_state_id": e.aggregation_state_id,
-                        "b_completed_at": e.completed_at,
-                    }
-                    for e in moved
-                ],
-            )
-        return written
-
     # ---- runs ---------------------------------------------------------------------------
 
     def begin_run(
@@ -374,8 +153,10 @@ class LandscapeStore:
                     raise self._run_exists(run_id, status)
                 if not resuming:
                     conn.execute(s.runs.insert().values(**row))  # a plain insert: a racing twin fails here
-                _insert_ignore(conn, s.nodes, [{"run_id": run_id, **n} for n in nodes])
-                _insert_ignore(conn, s.edges, [{"run_id": run_id, **e} for e in edges])
+                    if nodes:
+                        conn.execute(s.nodes.insert(), [{"run_id": run_id, **n} for n in nodes])
+                    if edges:
+                        conn.execute(s.edges.insert(), [{"run_id": run_id, **e} for e in edges])
         except IntegrityError:
             raise self._run_exists(run_id, RunStatus.RUNNING.value) from None
 
@@ -456,5 +237,6 @@ def run_rows(table: Table, run_id: str) -> Select:
     return stmt.order_by(*table.primary_key.columns)
 
 
-RUN_TABLES: tuple[Table, ...] = tuple(t for t in s.metadata.sorted_tables if t is not s.landscape_schema)
-"""Every table that holds a run's records (all but the schema-version marker)."""
+RUN_TABLES: tuple[Table, ...] = tuple(t for t in s.metadata.sorted_tables if t not in (s.landscape_schema, s.audit_segments))
+"""Every table that holds a run's records (not the schema-version marker, nor the ledger of
+loaded segments: bookkeeping of how the records arrived, not part of them)."""

@@ -1,3 +1,3 @@
 """Beam nodes, in data-path order: source → transform → gate → aggregation → sink, each
-emitting tokens on its outputs and audit events on the ``audit`` tag, all flattened into
-``WriteLandscape``. ``builder`` wires them from the settings graph."""
+emitting tokens on its outputs and audit segments on the ``audit`` tag, each into the audit sink
+(``audit_sink.WriteAudit``). ``builder`` wires them from the settings graph."""

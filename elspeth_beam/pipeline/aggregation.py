@@ -37,7 +37,8 @@ from elspeth_beam.core import ids
 from elspeth_beam.core.canonical import canonical_json
 from elspeth_beam.core.enums import BatchStatus, Outcome, TriggerType
 from elspeth_beam.core.errors import ElspethError
-from elspeth_beam.core.events import BatchMemberRecorded, BatchOutputRecorded, BatchRecorded, utc_now
+from elspeth_beam.auditlog.records import BatchMemberRecord, BatchOutputRecord, BatchRecord
+from elspeth_beam.core.timestamps import utc_now
 from elspeth_beam.core.tokens import TokenInfo, TokenInfoCoder
 from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag, row_hash
 from elspeth_beam.pipeline.restore import AggregationRestore, RestoredStateError
@@ -136,15 +137,16 @@ class AggregationDoFn(AuditedDoFn):
         if ordinal == 0:
             attempt, retry_of = self.restore.attempt(state.key, seq)
             self.record(
-                BatchRecorded.fast(run_id=self.ctx.run_id, batch_id=batch_id, node_id=self.ctx.node_id, key=state.key,
-                              sequence=seq, attempt=attempt, retry_of_batch_id=retry_of, status=BatchStatus.DRAFT)
+                BatchRecord(batch_id=batch_id, run_id=self.ctx.run_id, aggregation_node_id=self.ctx.node_id, key=state.key,
+                            sequence=seq, attempt=attempt, retry_of_batch_id=retry_of, status=BatchStatus.DRAFT.value,
+                            created_at=utc_now())
             )
             end_timer.set(end_of_window(window))
             if self.timeout is not None:
                 due = self.clock() + self.timeout
                 state.deadline.write(due)
                 state.timeout_timer.set(due)
-        self.record(BatchMemberRecorded.fast(run_id=self.ctx.run_id, batch_id=batch_id, token_id=token.token_id, ordinal=ordinal))
+        self.record(BatchMemberRecord(batch_id=batch_id, run_id=self.ctx.run_id, token_id=token.token_id, ordinal=ordinal))
         self.record_outcome(token, Outcome.BUFFERED, token_json=token.to_json_bytes().decode())
         limit = self.settings.trigger.count
         if limit is not None and ordinal + 1 >= limit:
@@ -219,9 +221,10 @@ class AggregationDoFn(AuditedDoFn):
         attempt, retry_of = self.restore.attempt(key, seq)
         batch_id = ids.batch_id(self.ctx.run_id, self.ctx.node_id, key, seq, attempt)
         check_members(batch_id, members, self.ctx.run_id)
-        batch = dict(run_id=self.ctx.run_id, batch_id=batch_id, node_id=self.ctx.node_id, key=key, sequence=seq,
-                     attempt=attempt, trigger_type=trigger, trigger_reason=reason, retry_of_batch_id=retry_of)
-        self.record(BatchRecorded.fast(status=BatchStatus.EXECUTING, **batch))
+        batch = dict(batch_id=batch_id, run_id=self.ctx.run_id, aggregation_node_id=self.ctx.node_id, key=key,
+                     sequence=seq, attempt=attempt, trigger_type=trigger.value, trigger_reason=reason,
+                     retry_of_batch_id=retry_of, created_at=utc_now())
+        self.record(BatchRecord(status=BatchStatus.EXECUTING.value, **batch))
         step = self.execute(
             batch_id=batch_id,
             attempt=attempt,
@@ -230,7 +233,7 @@ class AggregationDoFn(AuditedDoFn):
             hash_output=lambda outs: [row_hash(t.row) for t in outs],
         )
         status = BatchStatus.COMPLETED if step.ok else BatchStatus.FAILED
-        self.record(BatchRecorded.fast(status=status, aggregation_state_id=step.state_id, completed_at=utc_now(), **batch))
+        self.record(BatchRecord(status=status.value, aggregation_state_id=step.state_id, completed_at=utc_now(), **batch))
         if not step.ok:
             for member in members:
                 yield from self.divert(member, step.error)
@@ -242,8 +245,8 @@ class AggregationDoFn(AuditedDoFn):
         for ordinal, out in enumerate(outputs):
             if not passthrough:
                 self.record_token(out)
-            self.record(BatchOutputRecorded.fast(run_id=self.ctx.run_id, batch_id=batch_id, token_id=out.token_id,
-                                            ordinal=ordinal, token_json=out.to_json_bytes().decode()))
+            self.record(BatchOutputRecord(batch_id=batch_id, run_id=self.ctx.run_id, token_id=out.token_id,
+                                          ordinal=ordinal, token_json=out.to_json_bytes().decode()))
             yield beam.pvalue.TaggedOutput(self.tag, out)
 
     def _outputs(self, members: list[TokenInfo]) -> list[TokenInfo]:

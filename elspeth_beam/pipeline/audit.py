@@ -2,15 +2,15 @@
 
 ``AuditedDoFn.execute`` runs a unit of work (a plugin call on a token, or a flush on a
 batch) and records its node_state — input hash, output hash, duration, attempt, status,
-error — so no node kind can bypass the audit. Events are buffered and emitted as lists on
-the ``audit`` tag (one Beam element per bundle rather than per event): a failed bundle's
-events are discarded with it, a committed bundle's events reach the Landscape writer.
+error — so no node kind can bypass the audit. Records go into the bundle's column buffer
+(``auditlog/buffer.py``) and leave as one segment element on the ``audit`` tag per bundle (or
+per ``SEGMENT_RECORDS``): a failed bundle's records are discarded with it, a committed
+bundle's reach the audit sink, which commits them to the audit log and the Landscape.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -18,30 +18,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam import coders
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
+from elspeth_beam.auditlog import buffer
+from elspeth_beam.auditlog.buffer import AuditBuffer, AuditSegment
+from elspeth_beam.auditlog.records import NodeStateRecord, OutcomeRecord, TokenParentRecord, TokenRecord
 from elspeth_beam.core import ids
 from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.core.enums import NodeStateStatus, Outcome
-from elspeth_beam.core.events import (
-    AuditBatch,
-    AuditEvent,
-    NodeStateRecorded,
-    OutcomeRecorded,
-    TokenCreated,
-    pack_events,
-    unpack_events,
-    utc_now,
-)
+from elspeth_beam.core.timestamps import utc_now
 from elspeth_beam.core.tokens import TokenInfo
 
 AUDIT_TAG = "audit"
 ERROR_TAG = "error"
-_EMIT_EVERY = 2000  # events per audit element: bounds memory on huge bundles
 
 
 _last_hashed: tuple[Any, str | None] = (None, None)
@@ -59,39 +51,6 @@ def row_hash(value: Any) -> str:
     return digest
 
 
-_EVENT_BYTES = 300  # a typical event's encoded size, for Beam's byte-size estimates
-
-
-class AuditBatchCoder(coders.Coder):
-    """Coder of audit elements, with a size estimate that does not encode.
-
-    Beam samples the encoded size of the first elements of every PCollection (and about
-    10/N of the rest): an audit PCollection has few, large elements, and with the default
-    coder nearly every one was pickled just to be measured — 8 % of an audited pipeline's time.
-    """
-
-    def encode(self, value: AuditBatch) -> bytes:
-        return pickle.dumps(pack_events(value), pickle.HIGHEST_PROTOCOL)
-
-    def decode(self, encoded: bytes) -> AuditBatch:
-        return AuditBatch(unpack_events(pickle.loads(encoded)))
-
-    def estimate_size(self, value: AuditBatch) -> int:
-        return _EVENT_BYTES * len(value)
-
-    def to_type_hint(self) -> type:
-        return AuditBatch
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other)
-
-    def __hash__(self) -> int:
-        return hash(type(self))
-
-
-coders.registry.register_coder(AuditBatch, AuditBatchCoder)
-
-
 def out_tag(destination: str) -> str:
     return f"out:{destination}"
 
@@ -103,6 +62,7 @@ class NodeContext:
     run_id: str
     node_id: str
     on_error: str  # 'fail' | 'quarantine' | a sink name
+    segment_records: int | None = None  # records per audit segment at most (None: buffer.SEGMENT_RECORDS)
 
 
 @dataclass(frozen=True)
@@ -134,38 +94,38 @@ def _json(value: dict[str, Any] | None) -> str | None:
 class AuditedDoFn(beam.DoFn):
     """Base of every audited node DoFn: per-bundle audit buffer + the audited executor.
 
-    Events are built with ``model_construct``: their fields come from validated tokens and
-    our own code, and pydantic validation per event was the largest single audit cost."""
+    Records are plain tuples built from validated tokens and our own code: no per-record
+    validation (pydantic events per fact were the largest single audit cost); the database's
+    constraints check them when they are loaded."""
 
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__()
         self.ctx = ctx
-        self._audit = AuditBatch()
+        self._audit = AuditBuffer()
 
     # ---- audit buffer -------------------------------------------------------------------
 
     def start_bundle(self) -> None:
-        self._audit = AuditBatch()
+        self._audit = AuditBuffer()
 
-    def record(self, event: AuditEvent) -> None:
-        self._audit.append(event)
+    def record(self, record: tuple) -> None:
+        self._audit.add(record)
 
     def audit_if_full(self) -> Iterator[TaggedOutput]:
-        if len(self._audit) >= _EMIT_EVERY:
+        if len(self._audit) >= (self.ctx.segment_records or buffer.SEGMENT_RECORDS):
             yield from self.audit_now()
 
     def audit_now(self) -> Iterator[TaggedOutput]:
-        """Emit the buffered events as one element (from ``process``; the writer never splits one)."""
-        if self._audit:
+        """Emit the buffered records as one segment (from ``process``)."""
+        if len(self._audit):
             yield TaggedOutput(AUDIT_TAG, self._take_audit())
 
     def finish_bundle(self) -> Iterator[TaggedOutput]:
-        if self._audit:
+        if len(self._audit):
             yield TaggedOutput(AUDIT_TAG, WindowedValue(self._take_audit(), MIN_TIMESTAMP, [GlobalWindow()]))
 
-    def _take_audit(self) -> AuditBatch:
-        events, self._audit = self._audit, AuditBatch()
-        return events
+    def _take_audit(self) -> AuditSegment:
+        return self._audit.take(self.ctx.run_id, self.ctx.node_id)
 
     # ---- the audited executor -----------------------------------------------------------
 
@@ -203,7 +163,7 @@ class AuditedDoFn(beam.DoFn):
             token_id=token_id,
             batch_id=batch_id,
             attempt=attempt,
-            status=NodeStateStatus.FAILED if error else NodeStateStatus.COMPLETED,
+            status=(NodeStateStatus.FAILED if error else NodeStateStatus.COMPLETED).value,
             input_hash=input_hash,
             output_hash=output_hash,
             duration_ms=(time.perf_counter() - t0) * 1000.0,
@@ -214,32 +174,26 @@ class AuditedDoFn(beam.DoFn):
 
     def record_state(self, **fields: Any) -> None:
         """Record a closed node_state of this node (``execute`` and multi-token writers)."""
-        self.record(
-            NodeStateRecorded.fast(run_id=self.ctx.run_id, node_id=self.ctx.node_id, completed_at=utc_now(), **fields)
-        )
+        self.record(NodeStateRecord(run_id=self.ctx.run_id, node_id=self.ctx.node_id, completed_at=utc_now(), **fields))
 
     # ---- tokens and outcomes ------------------------------------------------------------
 
     def record_token(self, token: TokenInfo) -> None:
-        self.record(
-            TokenCreated.fast(
-                run_id=token.run_id,
-                token_id=token.token_id,
-                row_id=token.row_id,
-                created_at_node=self.ctx.node_id,
-                branch_name=token.branch,
-                parent_ids=token.parent_ids,
-            )
-        )
+        self.record(TokenRecord(token_id=token.token_id, run_id=token.run_id, row_id=token.row_id,
+                                branch_name=token.branch, created_at_node=self.ctx.node_id, created_at=utc_now()))
+        for ordinal, parent in enumerate(token.parent_ids):
+            self.record(TokenParentRecord(token_id=token.token_id, parent_token_id=parent, ordinal=ordinal))
 
     def record_outcome(self, token: TokenInfo, outcome: Outcome, **fields: Any) -> None:
         self.record(
-            OutcomeRecorded.fast(
-                run_id=token.run_id,
+            OutcomeRecord(
                 outcome_id=ids.outcome_id(token.token_id, outcome.value, self.ctx.node_id),
+                run_id=token.run_id,
                 token_id=token.token_id,
-                outcome=outcome,
+                outcome=outcome.value,
+                is_terminal=outcome.is_terminal,
                 node_id=self.ctx.node_id,
+                recorded_at=utc_now(),
                 **fields,
             )
         )

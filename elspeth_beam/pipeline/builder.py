@@ -2,11 +2,11 @@
 
 Every node is applied in topological order; its ``out:<destination>`` outputs feed the
 connection or sink they name, its ``error`` output feeds its error sink, and its ``audit``
-output goes to the Landscape writer. Node kinds differ only in the PTransform built by
+output (segments of audit records) goes to the audit sink. Node kinds differ only in the PTransform built by
 ``_node_transform`` — adding a kind touches nothing else here.
 
-The writer is applied to each node's audit stream rather than to one Flatten of them all:
-Beam fuses it into the node's own stage, so a stage's audit is committed when its bundle
+The audit sink is applied to each node's audit stream rather than to one Flatten of them
+all: Beam fuses it into the node's own stage, so a stage's audit is committed when its bundle
 commits. Behind a single Flatten the FnApiRunner ran the writer only after every stage had
 finished (measured: an aggregation flush saw 0 rows in the Landscape), so a crash lost the
 whole run's audit — and the Landscape is the checkpoint ``resume`` restarts from.
@@ -24,11 +24,12 @@ from apache_beam.pvalue import PCollection
 from elspeth_beam.config.graph import NodeSpec, PipelineGraph
 from elspeth_beam.config.loader import LoadedPipeline
 from elspeth_beam.core.enums import NodeType, Outcome
-from elspeth_beam.core.events import AuditBatch
+from elspeth_beam.auditlog.buffer import AuditSegment
+from elspeth_beam.auditlog.segments import audit_log_dir
 from elspeth_beam.pipeline.audit import AUDIT_TAG, ERROR_TAG, NodeContext, out_tag
 from elspeth_beam.pipeline.gate import GateDoFn
 from elspeth_beam.core.tokens import TokenInfo
-from elspeth_beam.pipeline.landscape_sink import WriteLandscape
+from elspeth_beam.pipeline.audit_sink import WriteAudit
 from elspeth_beam.pipeline.restore import PipelineRestore
 from elspeth_beam.pipeline.sink import SinkDoFn
 from elspeth_beam.pipeline.source import ReadSource
@@ -37,7 +38,7 @@ from elspeth_beam.pipeline.transform import TransformDoFn
 
 @dataclass
 class BuiltPipeline:
-    audit_streams: list[PCollection]  # each node's lists of audit events (already written)
+    audit_streams: list[PCollection]  # each node's audit segments (already written)
 
     def audit(self) -> PCollection:
         """All audit streams flattened — a tap for tests; built only when asked for, since an
@@ -90,15 +91,17 @@ def apply_graph(
     sink_inputs: dict[str, list[PCollection]] = defaultdict(list)
     audits: list[PCollection] = []
     url = loaded.settings.landscape.url
+    audit_log = str(audit_log_dir(url, loaded.settings.landscape.audit_log))
 
     for node in graph.nodes:
-        ctx = NodeContext(run_id=run_id, node_id=node.node_id, on_error=node.on_error)
+        ctx = NodeContext(run_id=run_id, node_id=node.node_id, on_error=node.on_error,
+                          segment_records=loaded.settings.landscape.segment_records)
         label = node.node_id.replace(":", " ")
         if node.node_type is NodeType.SINK:
             inputs = sink_inputs[node.name]
             merged = inputs[0] if len(inputs) == 1 else inputs | f"{label} inputs" >> beam.Flatten()
             written = merged | label >> beam.ParDo(SinkDoFn(ctx, node.name, node.settings, restore.done_tokens)).with_outputs(AUDIT_TAG)
-            audits.append(_written(written[AUDIT_TAG], label, url))
+            audits.append(_written(written[AUDIT_TAG], label, url, audit_log))
             continue
 
         tags = [AUDIT_TAG, ERROR_TAG, *(out_tag(d) for d in node.destinations)]
@@ -113,7 +116,7 @@ def apply_graph(
             pcoll = upstream[0] if len(upstream) == 1 else upstream | f"{label} inputs" >> beam.Flatten()
             outputs = pcoll | label >> _node_transform(node, ctx, tags, restore, graph, streaming)
 
-        audits.append(_written(outputs[AUDIT_TAG], label, url))
+        audits.append(_written(outputs[AUDIT_TAG], label, url, audit_log))
         reemitted = restore.reemit.get(node.node_id)
         for dest in node.destinations:
             stream = outputs[out_tag(dest)]
@@ -136,7 +139,7 @@ def apply_graph(
     return BuiltPipeline(audit_streams=audits)
 
 
-def _written(audit: PCollection, label: str, url: str) -> PCollection:
-    audit.element_type = AuditBatch  # AuditBatchCoder: Beam's size sampling need not encode it
-    audit | f"{label} audit" >> WriteLandscape(url)
+def _written(audit: PCollection, label: str, url: str, audit_log: str) -> PCollection:
+    audit.element_type = AuditSegment  # AuditSegmentCoder: Beam's size sampling need not encode it
+    audit | f"{label} audit" >> WriteAudit(url, audit_log)
     return audit

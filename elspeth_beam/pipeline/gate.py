@@ -16,7 +16,7 @@ from elspeth_beam.core import ids
 from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.core.enums import Outcome
 from elspeth_beam.core.errors import RowError
-from elspeth_beam.core.events import RoutingRecorded
+from elspeth_beam.auditlog.records import RoutingRecord
 from elspeth_beam.core.tokens import TokenInfo
 from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag
 from elspeth_beam.plugins.expressions import Expression
@@ -61,9 +61,9 @@ class GateDoFn(AuditedDoFn):
         mode = "move" if len(destinations) == 1 else "copy"
         for dest in destinations:
             self.record(
-                RoutingRecorded.fast(
-                    run_id=token.run_id,
+                RoutingRecord(
                     routing_id=ids.routing_id(step.state_id, dest),
+                    run_id=token.run_id,
                     state_id=step.state_id,
                     route_label=decision["route"],
                     destination=dest,

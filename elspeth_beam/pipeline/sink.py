@@ -5,8 +5,8 @@ only after the part is fsynced and atomically renamed into place, so the Landsca
 claims a row is written that is not. The part's name derives from its token ids: a replayed
 bundle rewrites the same parts. A part holds at most ``PART_ROWS`` rows: the FnApiRunner runs
 a whole batch stage as one bundle, and a sink holding all of it until the bundle ends made
-peak memory grow with the input. Each part's events leave as one audit element, which the
-writer commits in one transaction. When the run ends, ``merge_sink`` joins the recorded parts
+peak memory grow with the input. Each part's records leave as one audit segment, committed
+and loaded whole. When the run ends, ``merge_sink`` joins the recorded parts
 into the file the user configured.
 """
 
@@ -23,7 +23,8 @@ from elspeth_beam.config.settings import SinkSettings
 from elspeth_beam.core import ids
 from elspeth_beam.core.enums import NodeStateStatus, Outcome
 from elspeth_beam.core.errors import ElspethError
-from elspeth_beam.core.events import ArtifactRecorded, utc_now
+from elspeth_beam.auditlog.records import ArtifactRecord
+from elspeth_beam.core.timestamps import utc_now
 from elspeth_beam.core.tokens import TokenInfo
 from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, row_hash
 from elspeth_beam.plugins import registry
@@ -77,7 +78,7 @@ class SinkDoFn(AuditedDoFn):
             self._items.append(item)
             if len(self._items) >= PART_ROWS:
                 self._write_buffered()
-                yield from self.audit_now()  # the part's events, alone in one element
+                yield from self.audit_now()  # the part's records, alone in one segment
 
     def finish_bundle(self) -> Iterator[Any]:
         self._write_buffered()
@@ -102,21 +103,23 @@ class SinkDoFn(AuditedDoFn):
         run_id, node_id = self.ctx.run_id, self.ctx.node_id
         artifact_id = ids.artifact_id(run_id, node_id, str(target), content_hash)
         self.record(
-            ArtifactRecorded(
-                run_id=run_id,
+            ArtifactRecord(
                 artifact_id=artifact_id,
+                run_id=run_id,
                 sink_node_id=node_id,
                 path=str(target),
                 content_hash=content_hash,
                 size_bytes=target.stat().st_size,
                 row_count=len(items),
+                artifact_kind="part",
+                created_at=utc_now(),
             )
         )
         for position, (arrival, token, error) in enumerate(items):
             self.record_state(
                 state_id=ids.state_id(token.token_id, node_id, 1),
                 token_id=token.token_id,
-                status=NodeStateStatus.COMPLETED,
+                status=NodeStateStatus.COMPLETED.value,
                 input_hash=row_hash(token.row),
                 output_hash=content_hash,
                 duration_ms=duration_ms,
@@ -139,20 +142,21 @@ def remove_leftover_temps(sink_path: Path, run_id: str) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def merge_sink(plugin: SinkPlugin, parts: list[dict[str, Any]], run_id: str, node_id: str) -> ArtifactRecorded:
+def merge_sink(plugin: SinkPlugin, parts: list[dict[str, Any]], run_id: str, node_id: str) -> ArtifactRecord:
     """Join a sink's recorded parts (in path order) into its configured file."""
     ordered = sorted(parts, key=lambda a: a["path"])
     target = plugin.path()
     remove_leftover_temps(target, run_id)
     plugin.merge([Path(a["path"]) for a in ordered], target)
     content_hash = file_digest(target)
-    return ArtifactRecorded(
-        run_id=run_id,
+    return ArtifactRecord(
         artifact_id=ids.artifact_id(run_id, node_id, str(target), content_hash),
+        run_id=run_id,
         sink_node_id=node_id,
         path=str(target),
         content_hash=content_hash,
         size_bytes=target.stat().st_size,
         row_count=sum(a["row_count"] for a in ordered),
         artifact_kind="merged",
+        created_at=utc_now(),
     )

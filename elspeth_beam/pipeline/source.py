@@ -17,7 +17,7 @@ from elspeth_beam.config.settings import SourceSettings
 from elspeth_beam.core import ids
 from elspeth_beam.core.chain import raw_row
 from elspeth_beam.core.errors import RowError
-from elspeth_beam.core.events import RowRecorded
+from elspeth_beam.auditlog.records import RowRecord
 from elspeth_beam.core.tokens import TokenInfo
 from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag, row_hash
 from elspeth_beam.plugins import registry
@@ -61,9 +61,9 @@ class SourceDoFn(AuditedDoFn):
         row_id = ids.row_id(run_id, node_id, record.index)
         token_id = ids.token_id([row_id], node_id, 0)
         self.record(
-            RowRecorded.fast(
-                run_id=run_id,
+            RowRecord(
                 row_id=row_id,
+                run_id=run_id,
                 source_node_id=node_id,
                 row_index=record.index,
                 source_data_hash=row_hash(record.raw),  # remembered: the node_state's input hash next
