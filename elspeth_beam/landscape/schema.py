@@ -27,7 +27,7 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
-SCHEMA_VERSION = 5  # bump on any change to the tables below, or to how ids are made (4: ordered ids; 5: audit_segments)
+SCHEMA_VERSION = 5  # bump on any change to the tables below, or to how ids are made (4: ordered ids; 5: audit_segments, composed ids)
 
 landscape_schema = Table("landscape_schema", metadata, Column("version", Integer, primary_key=True))
 

@@ -23,6 +23,7 @@ from apache_beam.pvalue import PCollection
 
 from elspeth_beam.config.graph import NodeSpec, PipelineGraph
 from elspeth_beam.config.loader import LoadedPipeline
+from elspeth_beam.core import ids
 from elspeth_beam.core.enums import NodeType, Outcome
 from elspeth_beam.auditlog.buffer import AuditSegment
 from elspeth_beam.auditlog.segments import audit_log_dir
@@ -86,6 +87,7 @@ def apply_graph(
 ) -> BuiltPipeline:
     """Apply every node; ``restore`` (from ``resume``) skips finished work and refills buffers."""
     graph: PipelineGraph = loaded.graph
+    ids.check_node_codes(n.node_id for n in graph.nodes)
     restore = restore or PipelineRestore()
     connections: dict[str, list[PCollection]] = defaultdict(list)
     sink_inputs: dict[str, list[PCollection]] = defaultdict(list)
