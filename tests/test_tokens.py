@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from elspeth_beam.core import ids
+from elspeth_beam.core.errors import CanonicalizationError
 from elspeth_beam.core.tokens import TokenInfo, TokenInfoCoder
 
 # ---- strategies ------------------------------------------------------------------------------
@@ -117,7 +118,7 @@ def test_non_finite_rejected_with_message(bad, row, path):
 
 
 def test_with_row_validates_too():
-    with pytest.raises(ValidationError, match="NaN"):
+    with pytest.raises(CanonicalizationError, match="NaN"):
         make_token().with_row({"x": float("nan")})
     t2 = make_token().with_row({"y": 2})
     assert t2.row == {"y": 2}

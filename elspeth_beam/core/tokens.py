@@ -86,9 +86,26 @@ class TokenInfo(BaseModel):
             _check_json_native(value, key)
         return row
 
+    @classmethod
+    def of(cls, row: dict[str, Any], **fields: Any) -> "TokenInfo":
+        """A token of our own making, its ``row`` checked (JSON types, no NaN, keys strings)
+        and kept as given: the per-row path builds several tokens a row, and pydantic's
+        validation copied each row and cost more than the rest of the step. The other fields
+        come from our own code (ids, positions)."""
+        if not isinstance(row, dict):
+            raise CanonicalizationError(f"a row must be an object (dict), not {type(row).__name__}")
+        for key, value in row.items():
+            if not isinstance(key, str):
+                raise CanonicalizationError(f"row has a non-string key {key!r}")
+            _check_json_native(value, key)
+        fields.setdefault("parent_ids", ())
+        fields.setdefault("branch", None)
+        return cls.model_construct(row=row, **fields)
+
     def with_row(self, row: dict[str, Any]) -> "TokenInfo":
-        """The same token carrying new data (validated: NaN etc. are rejected here)."""
-        return TokenInfo(**{**self.__dict__, "row": row})
+        """The same token carrying new data (checked: NaN etc. are rejected here)."""
+        return TokenInfo.of(row, run_id=self.run_id, row_id=self.row_id, token_id=self.token_id,
+                            row_index=self.row_index, parent_ids=self.parent_ids, branch=self.branch)
 
     def to_json_bytes(self) -> bytes:
         return _token_bytes(

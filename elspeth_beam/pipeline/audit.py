@@ -36,19 +36,29 @@ AUDIT_TAG = "audit"
 ERROR_TAG = "error"
 
 
-_last_hashed: tuple[Any, str | None] = (None, None)
+_recent: tuple[Any, str, Any, str] = (None, "", None, "")  # the last two values hashed, newest first
 
 
 def row_hash(value: Any) -> str:
-    """stable_hash, remembering the last value: a token's output hash at one node is its
-    input hash at the next, computed a moment later in the same fused stage."""
-    global _last_hashed
-    last, digest = _last_hashed  # one read: safe if another thread replaces it meanwhile
-    if value is last and digest is not None:
-        return digest
+    """stable_hash, remembering the last two values by identity: a token's output hash at one
+    node is its input hash at the next, computed a moment later in the same fused stage (and
+    a source row's raw record and parsed row are each hashed twice)."""
+    global _recent
+    a, da, b, db = _recent  # one read: safe if another thread replaces it meanwhile
+    if value is a:
+        return da
+    if value is b:
+        return db
     digest = stable_hash(value)
-    _last_hashed = (value, digest)
+    _recent = (value, digest, a, da)
     return digest
+
+
+def remember_hash(value: Any, digest: str) -> None:
+    """Tell ``row_hash`` the digest of ``value``, computed elsewhere from its canonical bytes."""
+    global _recent
+    a, da, _, _ = _recent
+    _recent = (value, digest, a, da)
 
 
 def out_tag(destination: str) -> str:

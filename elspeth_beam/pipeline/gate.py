@@ -76,14 +76,14 @@ class GateDoFn(AuditedDoFn):
         else:
             self.record_outcome(token, Outcome.FORKED)
             for ordinal, dest in enumerate(destinations):
-                child = TokenInfo(
+                child = TokenInfo.of(
+                    token.row,
                     run_id=token.run_id,
                     row_id=token.row_id,
                     token_id=ids.token_id([token.token_id], self.ctx.node_id, ordinal),
                     row_index=token.row_index,
                     parent_ids=(token.token_id,),
                     branch=dest,
-                    row=token.row,
                 )
                 self.record_token(child)
                 yield beam.pvalue.TaggedOutput(out_tag(dest), child)

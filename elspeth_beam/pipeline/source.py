@@ -6,6 +6,7 @@ and a failed node_state, and is quarantined with the reason — never dropped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -16,24 +17,30 @@ from elspeth_beam import faults
 from elspeth_beam.config.settings import SourceSettings
 from elspeth_beam.core import ids
 from elspeth_beam.core.chain import raw_row
-from elspeth_beam.core.errors import RowError
+from elspeth_beam.core.canonical import canonical_json
+from elspeth_beam.core.errors import CanonicalizationError, RowError
 from elspeth_beam.auditlog.records import RowRecord
 from elspeth_beam.core.tokens import TokenInfo
-from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag, row_hash
+from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag, remember_hash, row_hash
 from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import SourcePlugin, SourceRecord
 
 
-_encode_row = json.JSONEncoder(sort_keys=True, allow_nan=False).encode  # json.dumps builds one per call
 _encode_raw = json.JSONEncoder().encode
 
 
 def _payload(record: SourceRecord) -> str:
+    """``{"row": …}`` in canonical JSON, or ``{"raw": …}`` for a row without a canonical form.
+    The row's canonical bytes are also its hash's: computed once, the digest is remembered
+    for the source node_state's output hash."""
     if record.row is not None:
         try:
-            return _encode_row({"row": record.row})
-        except ValueError:
+            canonical = canonical_json(record.row)
+        except CanonicalizationError:
             pass
+        else:
+            remember_hash(record.row, hashlib.sha256(canonical).hexdigest())
+            return f'{{"row":{canonical.decode()}}}'
     return _encode_raw({"raw": record.raw})
 
 
@@ -72,7 +79,7 @@ class SourceDoFn(AuditedDoFn):
         )
 
         def token_of(row: dict[str, Any]) -> TokenInfo:
-            return TokenInfo(run_id=run_id, row_id=row_id, token_id=token_id, row_index=record.index, row=row)
+            return TokenInfo.of(row, run_id=run_id, row_id=row_id, token_id=token_id, row_index=record.index)
 
         def parse() -> TokenInfo:
             if record.error is not None:
