@@ -1,4 +1,4 @@
-"""elspeth-beam command line: run, validate, explain, verify, resume, runs, show, export, report, bench.
+"""elspeth-beam command line: run, validate, explain, verify, prove, resume, runs, show, export, report, bench.
 
 User mistakes (bad settings, missing files, unknown runs) exit with code 2 and a message
 that says what to fix — never a traceback.
@@ -66,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify", help="check a run's audit invariants and its tamper-evident digest")
     _run_args(ver)
     ver.add_argument("--expect-digest", metavar="ROOT", help="the run's digest root as kept elsewhere; fail if it differs")
+
+    prv = sub.add_parser("prove", help="prove that a source row's audit records are in the run's digest root (JSON)")
+    _run_args(prv)
+    prv.add_argument("--row", type=int, required=True, help="source row index (0-based)")
+    prv.add_argument("--out", "-o", help="write the proof to this file (default: stdout); check it with tools/check_proof.py")
 
     shw = sub.add_parser("show", help="one run at a glance: header, settings, nodes, outcomes, batches, errors")
     _run_args(shw)
@@ -259,6 +264,26 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def _cmd_prove(args: argparse.Namespace) -> int:
+    from elspeth_beam.inspect.prove import prove_row
+
+    store, run_id = _run_store(args)
+    proof = prove_row(store, run_id, args.row)
+    text = json.dumps(proof.document, indent=1)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        print(f"wrote {args.out}: {proof.records} records of row {args.row} of run {run_id}, with their audit paths to "
+              f"{proof.document['root']}; check it with: python tools/check_proof.py {args.out} ROOT (the root as you kept it)")
+    else:
+        print(text)
+    if proof.changed:
+        print(f"elspeth-beam: {len(proof.changed)} record(s) of row {args.row} changed since the run's digest, so the proof "
+              f"does not check: {'; '.join(proof.changed)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from elspeth_beam.inspect.report import build_report, write_report
 
@@ -342,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "validate": lambda: _cmd_validate(args),
         "explain": lambda: _cmd_explain(args),
         "verify": lambda: _cmd_verify(args),
+        "prove": lambda: _cmd_prove(args),
         "runs": lambda: _cmd_runs(args),
         "show": lambda: _cmd_show(args),
         "export": lambda: _cmd_export(args),

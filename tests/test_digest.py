@@ -3,6 +3,7 @@ afterwards; edited digests are caught by the root; verify checks invariant 5 and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import subprocess
@@ -31,6 +32,7 @@ from elspeth_beam.auditlog.digest import (
     digest_tables_apart,
     key_columns,
     record_hash,
+    record_text,
     write_digest,
 )
 from elspeth_beam.landscape.store import LandscapeStore
@@ -112,7 +114,7 @@ def test_untouched_run_verifies_ok_twice_with_the_same_answer(finished, tmp_path
     for name in ("rows", "tokens", "token_parents", "node_states", "routing_events", "batches", "batch_members",
                  "batch_outputs", "token_outcomes", "artifacts", "nodes", "edges", "runs"):
         assert tables[name]["count"] == _sql(db, f"SELECT COUNT(*) FROM {name}")[0][0] > 0, name
-    assert stable_hash(json.loads(manifest)) == root
+    assert _recipe_root(tables) == root  # the tree over the manifest's tables
     cli = _cli("verify", run_id, "-l", str(db))
     assert cli.returncode == 0, cli.stderr
     assert cli.stdout.startswith(f"run {run_id}: OK\n")
@@ -120,9 +122,19 @@ def test_untouched_run_verifies_ok_twice_with_the_same_answer(finished, tmp_path
     assert _cli("verify", run_id, "-l", str(db), "--expect-digest", root).returncode == 0
 
 
+def _mth(leaves: list[bytes]) -> bytes:
+    """RFC 6962 §2.1's Merkle Tree Hash over leaf hashes, written as the RFC defines it (the
+    recipe's own, not auditlog/merkle.py's): split at the largest power of two below n."""
+    if len(leaves) <= 1:
+        return leaves[0] if leaves else hashlib.sha256(b"").digest()
+    k = 1 << ((len(leaves) - 1).bit_length() - 1)
+    return hashlib.sha256(b"\x01" + _mth(leaves[:k]) + _mth(leaves[k:])).digest()
+
+
 def _recipe_tables(db: Path, run_id: str, fmt: int) -> dict[str, dict]:
     """The manifest's tables recomputed with sqlite3, sha256 and canonical JSON only (formats 1
-    and 2 in canonical version 1, format 3 in the current one)."""
+    and 2 in canonical version 1, formats 3 and 4 in the current one; format 4 as a Merkle tree
+    over H(0x00 ‖ record))."""
     version = 1 if fmt < 3 else CANONICAL_VERSION
     con = sqlite3.connect(db)
     con.row_factory = sqlite3.Row
@@ -141,21 +153,38 @@ def _recipe_tables(db: Path, run_id: str, fmt: int) -> dict[str, dict]:
             cols = key_columns(table)
             key = row[cols[0]] if len(cols) == 1 else canonical_json([row[c] for c in cols], version=version).decode()
             hashed = row if fmt == 1 else [row[c] for c in columns]
-            entries.append([key, stable_hash(hashed, version=version)])
-        tables[table.name] = {"count": len(entries), "root": stable_hash(entries, version=version)} | (
-            {"columns": columns} if fmt >= 2 else {})
+            leaf = hashlib.sha256(b"\x00" + canonical_json(hashed, version=version)).hexdigest()
+            entries.append([key, leaf if fmt == 4 else stable_hash(hashed, version=version)])
+        root = _mth([bytes.fromhex(h) for _, h in entries]).hex() if fmt == 4 else stable_hash(entries, version=version)
+        tables[table.name] = {"count": len(entries), "root": root} | ({"columns": columns} if fmt >= 2 else {})
         tables[table.name]["entries"] = entries
     con.close()
     return tables
 
 
+def _recipe_root(tables: dict[str, dict]) -> str:
+    """Format 4's run root: the tree over each table's entry (with its name) in name order."""
+    leaves = [hashlib.sha256(b"\x00" + canonical_json({"canonical": CANONICAL_VERSION, "columns": t["columns"],
+                                                         "count": t["count"], "format": 4, "root": t["root"],
+                                                         "table": name})).digest() for name, t in sorted(tables.items())]
+    return _mth(leaves).hex()
+
+
 def test_digest_is_reproducible_from_the_documented_recipe(finished):
-    """Anyone can recompute the root with sha256 and canonical JSON, from the data alone."""
+    """Anyone can recompute the root with sha256 and canonical JSON, from the data alone, and
+    finds each table's record leaves in record_digests, 4096 to a segment."""
     db, run_id = finished
-    tables = {name: {k: v for k, v in entry.items() if k != "entries"} for name, entry in _recipe_tables(db, run_id, 3).items()}
+    tables = _recipe_tables(db, run_id, 4)
     stored, manifest = _sql(db, "SELECT digest_root, digest_manifest FROM runs WHERE run_id = ?", run_id)[0]
-    assert json.loads(manifest)["canonical"] == CANONICAL_VERSION == 2
-    assert stable_hash({"format": 3, "canonical": 2, "tables": tables}) == stored
+    manifest = json.loads(manifest)
+    assert (manifest["format"], manifest["canonical"], manifest["segment"]) == (4, CANONICAL_VERSION, 4096)
+    assert CANONICAL_VERSION == 2
+    assert manifest["tables"] == {name: {k: v for k, v in t.items() if k != "entries"} for name, t in tables.items()}
+    assert _recipe_root(tables) == stored
+    for name, t in tables.items():
+        chunks = _sql(db, "SELECT chunk, entries FROM record_digests WHERE table_name = ? ORDER BY chunk", name)
+        assert [e for _, text in chunks for e in json.loads(text)] == t["entries"]
+        assert [c for c, _ in chunks] == list(range(len(chunks))) and all(len(json.loads(x)) <= 4096 for _, x in chunks)
 
 
 # A duration whose canonical JSON differs between the versions: version 1 wrote the double's
@@ -187,24 +216,25 @@ def _store_recipe_digest(db: Path, run_id: str, fmt: int) -> dict:
     return manifest
 
 
-@pytest.mark.parametrize("fmt", [1, 2])
-def test_an_older_format_digest_still_verifies_in_canonical_version_1_and_names_an_edit(finished, tmp_path, fmt):
-    """Runs digested before format 3 hashed in canonical version 1 (format 1 also each record
-    as a column → value mapping): verify recomputes their hashes with version 1's rules."""
+@pytest.mark.parametrize("fmt", [1, 2, 3])
+def test_an_older_format_digest_still_verifies_in_its_canonical_version_and_names_an_edit(finished, tmp_path, fmt):
+    """Runs digested before the Merkle tree (format 4) kept flat lists: format 3 in the version
+    its manifest names; before it in canonical version 1 (format 1 also each record as a column
+    → value mapping). verify recomputes their hashes with their rules."""
     db, run_id = finished
     db = _copy(db, tmp_path / "l.db")
     state_id = _with_band_float(db)
     _store_recipe_digest(db, run_id, fmt)
-    assert canonical_version(_run(db, run_id)) == 1
+    assert canonical_version(_run(db, run_id)) == (1 if fmt < 3 else 2)
     assert _verify(db, run_id).ok, _verify(db, run_id).problems
 
     _sql(db, "UPDATE node_states SET duration_ms = ? WHERE state_id = ?", BAND_FLOAT * 2, state_id)
     assert _verify(db, run_id).problems == [f"node_states: 1 record(s) changed since the run's digest: state_id={state_id}"]
 
 
-def test_a_format_3_digest_hashes_in_the_version_its_manifest_names(finished, tmp_path):
-    """The run's own digest (format 3, canonical 2) of a record whose bytes differ per version
-    verifies; the same digest made with version 1 but naming version 2 does not."""
+def test_a_digest_hashes_in_the_version_its_manifest_names(finished, tmp_path):
+    """The run's own digest (format 4, canonical 2) of a record whose bytes differ per version
+    verifies and is the recipe's; a digest made with version 1 but naming version 2 does not."""
     db, run_id = finished
     db = _copy(db, tmp_path / "l.db")
     state_id = _with_band_float(db)
@@ -212,7 +242,7 @@ def test_a_format_3_digest_hashes_in_the_version_its_manifest_names(finished, tm
     with store.engine.begin() as conn:
         root = write_digest(conn, run_id)
     store.dispose()
-    assert root == stable_hash(_store_recipe_digest(db, run_id, 3))  # the recipe gives the same root
+    assert root == _recipe_root(_recipe_tables(db, run_id, 4))  # the recipe gives the same root
     assert canonical_version(_run(db, run_id)) == 2
     assert _verify(db, run_id).ok, _verify(db, run_id).problems
 
@@ -236,11 +266,12 @@ def test_canonical_version_of_a_run():
     assert canonical_version({"digest_manifest": '{"format":2,"tables":{}}'}) == 1
     assert canonical_version({"digest_manifest": '{"canonical":2,"format":3,"tables":{}}'}) == 2
     assert canonical_version({"digest_manifest": '{"canonical":1,"format":3,"tables":{}}'}) == 1
+    assert canonical_version({"digest_manifest": '{"canonical":2,"format":4,"segment":4096,"tables":{}}'}) == 2
     with pytest.raises(DigestFormatError, match="names canonical JSON version 9; this elspeth_beam reads versions 1, 2"):
-        canonical_version({"digest_manifest": '{"canonical":9,"format":3,"tables":{}}'})
-    with pytest.raises(DigestFormatError, match="has format 4; this elspeth_beam reads formats 1 to 3"):
-        canonical_version({"digest_manifest": '{"canonical":2,"format":4,"tables":{}}'})
-    for bad in ('{"format":3,"tables":{}}', '{"canonical":true,"format":3}', "[1]", "not json"):
+        canonical_version({"digest_manifest": '{"canonical":9,"format":4,"tables":{}}'})
+    with pytest.raises(DigestFormatError, match="has format 5; this elspeth_beam reads formats 1 to 4"):
+        canonical_version({"digest_manifest": '{"canonical":2,"format":5,"tables":{}}'})
+    for bad in ('{"format":3,"tables":{}}', '{"format":4,"tables":{}}', '{"canonical":true,"format":4}', "[1]", "not json"):
         with pytest.raises(DigestFormatError):
             canonical_version({"digest_manifest": bad})
 
@@ -248,7 +279,7 @@ def test_canonical_version_of_a_run():
 @pytest.mark.parametrize(("manifest", "problem"), [
     ({"format": 3, "canonical": 9}, "runs.digest_manifest names canonical JSON version 9; this elspeth_beam reads versions 1, 2"),
     ({"format": 3}, "runs.digest_manifest names canonical JSON version None; this elspeth_beam reads versions 1, 2"),
-    ({"format": 4, "canonical": 2}, "runs.digest_manifest has format 4; this elspeth_beam reads formats 1 to 3"),
+    ({"format": 5, "canonical": 2}, "runs.digest_manifest has format 5; this elspeth_beam reads formats 1 to 4"),
 ])
 def test_a_manifest_of_an_unknown_format_or_version_is_one_problem(finished, tmp_path, manifest, problem):
     db, run_id = finished
@@ -260,11 +291,14 @@ def test_a_manifest_of_an_unknown_format_or_version_is_one_problem(finished, tmp
 
 
 @given(st.lists(st.none() | st.booleans() | st.text(max_size=4) | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-                | st.floats(min_value=1e15, max_value=1e22) | st.sampled_from([2**53, 2**53 + 1, -2**60, 2.0**53, 2.0**53 + 2]),
+                | st.floats(min_value=1e15, max_value=1e22) | st.floats(min_value=1e-6, max_value=1e-3)
+                | st.sampled_from([2**53 - 1, 2**53, 2**53 + 1, -2**60, 2**70, 2.0**53, 2.0**53 + 2, 1e-4, 1e16, "\x00\x1f\u2028"]),
                 max_size=8))
 @settings(max_examples=300, deadline=None)
 def test_record_hash_fast_path_is_stable_hash_of_the_values(values):
-    """The digest's shortcut past canonical_json writes what canonical_json writes, per version."""
+    """The digest's shortcut past canonical_json (orjson for plain values) writes what
+    canonical_json writes, per version."""
+    assert record_text(values) == canonical_json(values)
     assert record_hash(values) == stable_hash(values)
     assert record_hash(values, 1) == stable_hash(values, version=1)
 
@@ -333,7 +367,8 @@ def test_record_and_its_digest_edited_together_are_caught_by_the_root(finished, 
     store.dispose()
     chunk, text = next((c, t) for c, t in _sql(
         db, "SELECT chunk, entries FROM record_digests WHERE table_name = 'node_states' ORDER BY chunk") if state_id in t)
-    entries = [[k, record_hash(list(row.values())) if k == state_id else h] for k, h in json.loads(text)]
+    leaf = hashlib.sha256(b"\x00" + record_text(list(row.values()))).hexdigest()
+    entries = [[k, leaf if k == state_id else h] for k, h in json.loads(text)]
     _sql(db, "UPDATE record_digests SET entries = ? WHERE table_name = 'node_states' AND chunk = ?",
          canonical_json(entries).decode(), chunk)
 
@@ -346,16 +381,17 @@ def test_record_and_its_digest_edited_together_are_caught_by_the_root(finished, 
     original_root = _sql(db, "SELECT digest_root FROM runs")[0][0]
     all_entries = [e for (text_,) in _sql(db, "SELECT entries FROM record_digests WHERE table_name = 'node_states' "
                                               "ORDER BY chunk") for e in json.loads(text_)]
-    manifest["tables"]["node_states"] = {"count": len(all_entries), "root": stable_hash(all_entries)}
+    manifest["tables"]["node_states"]["root"] = _mth([bytes.fromhex(h) for _, h in all_entries]).hex()
     _sql(db, "UPDATE runs SET digest_manifest = ?", canonical_json(manifest).decode())
     assert _verify(db, run_id).problems == [
         "runs.digest_manifest does not hash to runs.digest_root: the manifest was edited"]
 
     # … and the root itself: only the copy kept elsewhere tells
-    _sql(db, "UPDATE runs SET digest_root = ?", stable_hash(manifest))
+    forged = _recipe_root(manifest["tables"])
+    _sql(db, "UPDATE runs SET digest_root = ?", forged)
     assert _verify(db, run_id).ok
     caught = _verify(db, run_id, expected_digest=original_root)
-    assert caught.problems == [f"runs.digest_root is {stable_hash(manifest)}, not the expected {original_root}"]
+    assert caught.problems == [f"runs.digest_root is {forged}, not the expected {original_root}"]
     assert _cli("verify", run_id, "-l", str(db), "--expect-digest", original_root).returncode == 1
 
 
