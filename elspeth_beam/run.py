@@ -221,6 +221,7 @@ def _run_recorded(
     try:
         with progress(store.url, run_id) if progress is not None else nullcontext():
             pipeline.run().wait_until_finish()
+            AuditWriter.drain_shared(absolute_url(store.url))  # the loads still behind the commits
     except Exception as exc:
         if _is_interrupt(exc):
             raise

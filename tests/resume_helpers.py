@@ -184,6 +184,19 @@ def cli_small_buffers(*args: str, segment_records: int, fault: str | None = None
 
 # ---- Landscape checks (plain SQL, independent of `verify`) -------------------------------
 
+def durable_rows(db: Path, run_id: str) -> int:
+    """Source rows a crash left durable: in the Landscape, or in committed segments of the
+    audit log not loaded yet (which resume loads first)."""
+    from elspeth_beam.auditlog import segments
+
+    loaded = sql(db, "SELECT COUNT(*) FROM rows WHERE run_id = ?", run_id)[0][0]
+    pending = [segments.read(m)[1] for m in segments.committed(segments.run_dir(db.with_suffix(".audit"), run_id))
+               if not sql(db, "SELECT 1 FROM audit_segments WHERE segment_id = ?", m.stem)]
+    row_ids = {r for seg in pending for r in (seg.tables.get("rows") or [()])[0]}
+    stored = {r for (r,) in sql(db, "SELECT row_id FROM rows WHERE run_id = ?", run_id)}
+    return loaded + len(row_ids - stored)
+
+
 def sql(db: Path, query: str, *params: Any) -> list[tuple]:
     import sqlite3
     from contextlib import closing

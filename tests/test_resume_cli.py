@@ -26,6 +26,7 @@ from resume_helpers import (
     cli_small_buffers,
     copy_db,
     duplicates,
+    durable_rows,
     gate_passthrough_settings,
     keyed_rows,
     read_jsonl,
@@ -219,7 +220,7 @@ def test_kill_with_partly_committed_bundle_then_resume(tmp_path: Path, gate_inpu
     assert crash.code == 137, crash
     assert run_status(db, "rid") != "completed"
     # the crash left a partial Landscape (not the trivial all-or-nothing case)
-    committed_rows = sql(db, "SELECT COUNT(*) FROM rows WHERE run_id = 'rid'")[0][0]
+    committed_rows = durable_rows(db, "rid")
     assert 0 < committed_rows < 240, f"scenario needs a partly committed Landscape; {committed_rows} rows committed"
     assert sql(db, "SELECT COUNT(*) FROM batches WHERE run_id = 'rid' AND status = 'completed'")[0][0] > 0
 
@@ -232,19 +233,19 @@ def test_kill_with_partly_committed_bundle_then_resume(tmp_path: Path, gate_inpu
 
 
 def test_kill_at_default_buffer_sizes(tmp_path: Path) -> None:
-    """Unpatched limits: 7800 rows fill the audit writers' 20000-event buffers mid-bundle,
-    so the kill at row 7500 leaves a partly committed Landscape (as above, at real scale)."""
-    rows = keyed_rows(per_key=1300)
+    """Unpatched limits: 15 000 rows fill the audited DoFns' 20 000-record segments mid-bundle,
+    so the kill at row 14 000 leaves a partly committed audit (as above, at real scale)."""
+    rows = keyed_rows(per_key=2500)
     source = write_jsonl(tmp_path / "in" / "keyed.jsonl", rows)
     settings = write_yaml(tmp_path / "pipeline.yaml", gate_passthrough_settings(source, tmp_path / "out"))
     db = tmp_path / "landscape.db"
-    crash = cli("run", str(settings), "--landscape-url", url(db), "--run-id", "big", fault="after_rows:7500")
+    crash = cli("run", str(settings), "--landscape-url", url(db), "--run-id", "big", fault="after_rows:14000")
     assert crash.code == 137, crash
-    committed_rows = sql(db, "SELECT COUNT(*) FROM rows WHERE run_id = 'big'")[0][0]
-    assert 0 < committed_rows < 7800, f"scenario needs a partly committed Landscape; {committed_rows} rows committed"
+    committed_rows = durable_rows(db, "big")
+    assert 0 < committed_rows < 15000, f"scenario needs a partly committed audit; {committed_rows} rows committed"
     resume = cli("resume", "big", "--landscape-url", url(db))
     assert resume.code == 0, resume
-    assert_landscape_complete(db, "big", rows=7800)
+    assert_landscape_complete(db, "big", rows=15000)
     assert_exactly_once(tmp_path / "out", rows)
     assert_artifacts_match_files(db, "big", {"main": tmp_path / "out" / "main.jsonl", "fifths": tmp_path / "out" / "fifths.jsonl"})
 

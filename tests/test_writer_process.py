@@ -40,13 +40,15 @@ def _gone(pid: int, within: float = 10.0) -> bool:
     return False
 
 
-def test_wait_returns_after_every_batch_is_committed(tmp_path):
+def test_wait_returns_after_every_segment_is_committed_and_drain_after_it_is_loaded(tmp_path):
     url = f"sqlite:///{tmp_path}/l.db"
     writer = AuditWriter()
     rows_before = WRITE_STATS.rows
     log = tmp_path / "audit"
     tickets = [writer.submit_segment(url, str(log), seg) for seg in (_outcomes(3000), _outcomes(7000, 3000), _outcomes(3000))]
     writer.wait(tickets)
+    assert len(segments.committed(log / "run-w")) == 2  # committed when the wait returns
+    writer.drain(url)
     store = LandscapeStore(url)
     with store.engine.connect() as conn:  # a fresh connection sees all of it: committed
         ids = conn.execute(select(s.token_outcomes.c.outcome_id)).scalars().all()
@@ -55,11 +57,12 @@ def test_wait_returns_after_every_batch_is_committed(tmp_path):
     assert WRITE_STATS.rows - rows_before == 3000 + 4000  # the child's counts reach this process; the third: loaded before
     assert len(loaded) == 2  # the third segment is the first one's work again: one name, one load
     assert len(segments.committed(log / "run-w")) == 2  # and one committed segment
+    writer.drain(url)  # nothing left to load: returns at once
     writer.wait(tickets)  # waiting again is harmless
     store.dispose()
 
 
-def test_a_failed_write_is_raised_to_the_bundle_that_sent_it(tmp_path):
+def test_a_failed_load_is_raised_by_the_next_drain_and_the_child_lives_on(tmp_path):
     db = tmp_path / "old.db"
     import sqlite3
 
@@ -69,12 +72,14 @@ def test_a_failed_write_is_raised_to_the_bundle_that_sent_it(tmp_path):
     con.close()
     writer = AuditWriter()
     log = str(tmp_path / "audit")
-    ok = writer.submit_segment(f"sqlite:///{tmp_path}/new.db", log, _outcomes(5))
-    bad = writer.submit_segment(f"sqlite:///{db}", log, _outcomes(5))
-    writer.wait([ok])
+    good, old = f"sqlite:///{tmp_path}/new.db", f"sqlite:///{db}"
+    writer.wait([writer.submit_segment(good, log, _outcomes(5))])
+    writer.drain(good)
+    writer.wait([writer.submit_segment(old, log, _outcomes(5, run_id="run-o"))])  # committed: the files are fine
     with pytest.raises(AuditWriterError, match="schema version 1"):
-        writer.wait([ok, bad])
-    writer.wait([writer.submit_segment(f"sqlite:///{tmp_path}/new.db", log, _outcomes(6))])  # the child lives on
+        writer.drain(old)  # the load failed: the next drain says why
+    writer.wait([writer.submit_segment(good, log, _outcomes(6))])  # the child lives on
+    writer.drain(good)
 
 
 def test_the_child_exits_when_its_pipeline_process_dies(tmp_path):

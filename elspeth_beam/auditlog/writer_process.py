@@ -1,21 +1,25 @@
-"""The audit writer process: segments committed and loaded on the second core, before a bundle ends.
+"""The audit writer process: segments committed before a bundle ends, and loaded, on the second core.
 
 Writing the audit is most of an audited run's extra work, and in the pipeline's own process
 it can only take turns with Beam for the GIL (a writer *thread* lost: SQLite gives the GIL
 back for every row, and taking it back from the busy pipeline thread cost more than the
 overlap won). So each pipeline process starts one child process that owns the audit log's
 files and the Landscape connections. Audit sinks hand it segments (``submit_segment``) and
-keep working; the child commits each to the audit log (``segments.commit``) and loads it
-(``loader.load_records``, with its ``audit_segments`` row). Before their bundle finishes,
-audit sinks ``wait`` until the child has done so for every segment of it: what Beam counts as
-done is in the audit log and in the Landscape.
+keep working; the child commits each to the audit log (``segments.commit``), replies, and
+hands it to its loader thread (``loader.load_records``, with its ``audit_segments`` row).
+Before their bundle finishes, audit sinks ``wait`` until every segment of it is committed:
+what Beam counts as done is in the audit log, and the Landscape follows it by at most the
+loader's backlog (``_LOAD_BACKLOG`` segments), so a stage need not wait for the loads of the
+one before. ``drain`` waits for the backlog (a run does, before it verifies); a crash leaves
+committed segments unloaded, which the run's end or ``resume`` loads from the files.
 
 At a run's end the child also digests most event tables (``digest``) while the pipeline
 process verifies the run and digests the others.
 
 Frames on the pipes are an 8-byte length and a pickle. Requests: ``("segment", ticket, url,
-audit_log, (run_id, node_id, tables))``, ``("digest", ticket, url, run_id, tables)`` and ``("release", url)``; replies:
-``(ticket, rows, seconds, error, result)``, in ticket order.
+audit_log, (run_id, node_id, tables))``, ``("drain", ticket, url)``, ``("digest", ticket, url,
+run_id, tables)`` and ``("release", url)``; replies: ``(ticket, rows, seconds, error, result)``,
+in ticket order (all from the child's main thread; a load's error is reported by the next drain).
 If the pipeline process dies, the child sees its stdin close and exits at once: what it
 committed stays, anything else is lost with the bundle that sent it — as in a crash in-process.
 """
@@ -42,7 +46,8 @@ from elspeth_beam.core.errors import LandscapeError
 from elspeth_beam.landscape.store import LandscapeStore
 
 _HEADER = struct.Struct("<Q")
-_IN_FLIGHT = 4  # batches queued in the child before a submit waits: bounds memory on both sides
+_IN_FLIGHT = 4  # segments queued in the child before a submit waits: bounds memory on both sides
+_LOAD_BACKLOG = 8  # committed segments waiting for the loader before a commit waits
 
 
 class AuditWriterError(LandscapeError):
@@ -97,6 +102,19 @@ class AuditWriter:
             self._read_reply()
         return self._request("segment", url, audit_log, (segment.run_id, segment.node_id, segment.tables))
 
+    def drain(self, url: str) -> None:
+        """Return once every segment committed so far is loaded into ``url``'s Landscape; raise
+        the first load error since the last drain."""
+        self.wait([self._request("drain", url)])
+
+    @classmethod
+    def drain_shared(cls, url: str) -> None:
+        """Drain this process's writer, if it has one (a distributed run's are elsewhere: the
+        run's catch-up loads what they committed)."""
+        writer = cls._shared
+        if writer is not None and writer._proc.poll() is None:
+            writer.drain(url)
+
     def submit_digest(self, url: str, run_id: str, tables: Sequence[str]) -> int:
         """Have the child digest ``tables`` of a run (``digest.digest_tables_apart``); see ``result``."""
         return self._request("digest", url, run_id, list(tables))
@@ -114,7 +132,7 @@ class AuditWriter:
         return self._results.pop(ticket, None)
 
     def wait(self, tickets: Sequence[int]) -> None:
-        """Return once every ticket's segment is committed and loaded; raise the first one's error."""
+        """Return once every ticket's request is done (a segment: committed); raise the first one's error."""
         if tickets:
             while self._done < max(tickets):
                 self._read_reply()
@@ -176,7 +194,8 @@ class AuditWriter:
 # ---- the child --------------------------------------------------------------------------------
 
 def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
-    """Read requests on a thread (so the parent never waits on a busy writer), write on this one."""
+    """Read requests on a thread (so the parent never waits on a busy writer), commit and reply
+    on this one, load on a third."""
     inbox: queue.Queue[Any] = queue.Queue(maxsize=_IN_FLIGHT)
 
     def read() -> None:
@@ -185,29 +204,83 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
         os._exit(0)  # the pipeline process is gone: stop now, as a crash would
 
     threading.Thread(target=read, daemon=True, name="audit-requests").start()
-    stores: dict[str, LandscapeStore] = {}
+    stores = _Stores()
+    loader = _Loader(stores)
     while True:
         message = inbox.get()
-        if message[0] == "release":
-            store = stores.pop(message[1], None)
-            if store is not None:
-                store.dispose()
+        kind = message[0]
+        if kind == "release":
+            loader.drain()
+            stores.close(message[1])
             continue
         ticket, url = message[1], message[2]
         rows, seconds = WRITE_STATS.rows, WRITE_STATS.seconds
         try:
-            store = stores.get(url) or stores.setdefault(url, LandscapeStore(url))
-            if message[0] == "digest":
-                result = digest_tables_apart(store.engine, message[3], message[4])
+            if kind == "segment":
+                segment = AuditSegment(*message[4])
+                manifest = segments.commit(segments.run_dir(message[3], segment.run_id), segment)
+                loader.load(url, segment, manifest)
+                _send(replies, (ticket, 0, 0.0, None, None))
+            elif kind == "drain":
+                error = loader.drain()
+                _send(replies, (ticket, WRITE_STATS.rows - rows, WRITE_STATS.seconds - seconds, error, None))
+            elif kind == "digest":
+                loader.drain()
+                result = digest_tables_apart(stores.get(url).engine, message[3], message[4])
                 _send(replies, (ticket, 0, 0.0, None, result))
-                continue
-            segment = AuditSegment(*message[4])
-            manifest = segments.commit(segments.run_dir(message[3], segment.run_id), segment)
-            load_records(store.engine, segment.tables, manifest=manifest)
-            _send(replies, (ticket, WRITE_STATS.rows - rows, WRITE_STATS.seconds - seconds, None, None))
         except Exception as exc:  # reported to whoever waits for it (a bundle fails and is retried)
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            _send(replies, (ticket, 0, 0.0, detail, None))
+            _send(replies, (ticket, 0, 0.0, _detail(exc), None))
+
+
+def _detail(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+class _Stores:
+    """The child's Landscape connections, one per URL, shared by its threads."""
+
+    def __init__(self) -> None:
+        self._stores: dict[str, LandscapeStore] = {}
+        self._lock = threading.Lock()
+
+    def get(self, url: str) -> LandscapeStore:
+        with self._lock:
+            return self._stores.get(url) or self._stores.setdefault(url, LandscapeStore(url))
+
+    def close(self, url: str) -> None:
+        with self._lock:
+            store = self._stores.pop(url, None)
+        if store is not None:
+            store.dispose()
+
+
+class _Loader:
+    """Loads committed segments in commit order on a thread of its own; keeps the first error."""
+
+    def __init__(self, stores: _Stores) -> None:
+        self._stores = stores
+        self._queue: queue.Queue[tuple[str, AuditSegment, dict[str, Any]]] = queue.Queue(maxsize=_LOAD_BACKLOG)
+        self._error: str | None = None
+        threading.Thread(target=self._run, daemon=True, name="audit-loader").start()
+
+    def load(self, url: str, segment: AuditSegment, manifest: dict[str, Any]) -> None:
+        self._queue.put((url, segment, manifest))
+
+    def drain(self) -> str | None:
+        """Wait until every queued segment is loaded; the first error since the last drain."""
+        self._queue.join()
+        error, self._error = self._error, None
+        return error
+
+    def _run(self) -> None:
+        while True:
+            url, segment, manifest = self._queue.get()
+            try:
+                load_records(self._stores.get(url).engine, segment.tables, manifest=manifest)
+            except Exception as exc:  # the segment stays committed: the run's catch-up loads it again
+                self._error = self._error or f"segment {manifest['segment']}: {_detail(exc)}"
+            finally:
+                self._queue.task_done()
 
 
 if __name__ == "__main__":
