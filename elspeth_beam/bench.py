@@ -120,13 +120,24 @@ def run_plain(data: Path, out: Path) -> None:
          | "totals" >> beam.ParDo(_PartSinkFn(str(out / "totals.jsonl"))))
 
 
-def run_audited(data: Path, out: Path, landscape: str) -> int:
+def run_audited(data: Path, out: Path, landscape: str) -> dict[str, float]:
+    """The audited run; its phases' wall seconds."""
     from elspeth_beam.config.loader import load_settings_dict
     from elspeth_beam.run import execute_run
 
     result = execute_run(load_settings_dict(settings(data, out, landscape)))
     assert result.report.ok, result.report.problems
-    return result.summary["rows_read"]
+    return result.phases
+
+
+def disk_mb(landscape: str) -> dict[str, float]:
+    """The audit on disk: the SQLite Landscape (with its WAL) and the audit log's segments."""
+    from elspeth_beam.auditlog.segments import audit_log_dir
+
+    database = Path(landscape.removeprefix("sqlite:///"))
+    db = sum(p.stat().st_size for p in database.parent.glob(database.name + "*") if p.is_file())
+    log = sum(p.stat().st_size for p in audit_log_dir(landscape).rglob("*") if p.is_file())
+    return {"landscape_mb": round(db / 1e6, 1), "segments_mb": round(log / 1e6, 1)}
 
 
 def _sink_rows(out: Path) -> dict[str, int]:
@@ -143,15 +154,17 @@ def child(variant: str, data: Path, out: Path, landscape: str) -> dict[str, Any]
     from elspeth_beam.auditlog.writer_process import AuditWriter
 
     t0 = time.perf_counter()
+    phases: dict[str, float] = {}
     if variant == "plain":
         run_plain(data, out)
     else:
-        run_audited(data, out, landscape)
+        phases = run_audited(data, out, landscape)
     wall = time.perf_counter() - t0
     # the audited variant's writer child counts too: the sum of both peaks (an upper bound)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + AuditWriter.peak_rss_mb()
     return {"variant": variant, "wall_s": wall, "peak_rss_mb": rss, "sink_rows": _sink_rows(out),
-            "writer_rows": WRITE_STATS.rows, "writer_s": WRITE_STATS.seconds}
+            "writer_rows": WRITE_STATS.rows, "writer_s": WRITE_STATS.seconds, "phases": phases,
+            "disk": disk_mb(landscape) if variant == "audited" else {}}
 
 
 def audit_rows(landscape: str) -> int:
@@ -227,8 +240,11 @@ def bench(rows: int = 100_000, repeat: int = 3) -> dict[str, Any]:
                "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs), 1), "sink_rows": runs[-1]["sink_rows"]}
         if audit:
             writer_s = statistics.median(r["writer_s"] for r in runs)
+            names = list(runs[0]["phases"])
             out |= {"audit_rows": audit, "audit_rows_per_s": round(audit / wall),
-                    "writer_s": round(writer_s, 3), "writer_rows_per_s": round(runs[-1]["writer_rows"] / writer_s)}
+                    "writer_s": round(writer_s, 3), "writer_rows_per_s": round(runs[-1]["writer_rows"] / writer_s),
+                    "phases_s": {n: round(statistics.median(r["phases"].get(n, 0.0) for r in runs), 3) for n in names},
+                    "disk": runs[-1]["disk"]}
         return out
 
     audited = summary(results["audited"], n_audit)
@@ -260,6 +276,9 @@ def render(report: dict[str, Any]) -> str:
         f"({a['writer_s']:.1f}s inside its transactions); raw SQLite executemany of the same rows: "
         f"{report['raw_sqlite_executemany_rows_per_s']} rows/s (audit sink at {report['audit_sink_vs_raw']:.0%} of it)",
         f"same sink rows in both variants: {report['same_sink_rows']} {p['sink_rows']}",
+        "audited run's phases (median s): " + ", ".join(f"{n} {s:.2f}" for n, s in a["phases_s"].items()),
+        f"audit on disk: Landscape {a['disk']['landscape_mb']} MB + segments {a['disk']['segments_mb']} MB "
+        f"({(a['disk']['landscape_mb'] + a['disk']['segments_mb']) * 100_000 / report['rows']:.0f} MB per 100 000 rows)",
     ])
 
 

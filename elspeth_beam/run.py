@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
@@ -62,6 +62,7 @@ class RunResult:
     summary: dict[str, Any]
     report: VerifyReport
     reason: str | None = None  # why the run is failed, when it is
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of the run (``Phases``)
 
     def text(self) -> str:
         """The end-of-run summary table ``run`` and ``resume`` print."""
@@ -180,9 +181,10 @@ def execute_run(
         resuming=restore is not None,
     )
     started = time.perf_counter()
+    phases = Phases()
     try:
         with fewer_gc_passes():
-            result = _run_recorded(loaded, store, run_id, pipeline, options, restore, tap, progress)
+            result = _run_recorded(loaded, store, run_id, pipeline, options, restore, tap, progress, phases)
     except BaseException as exc:
         if not _is_interrupt(exc):
             raise
@@ -192,6 +194,7 @@ def execute_run(
         store.dispose()
     report, summary, reason = result
     return RunResult(
+        phases=phases.seconds,
         run_id=run_id,
         status=RunStatus.COMPLETED if reason is None else RunStatus.FAILED,
         landscape_url=store.url,
@@ -212,6 +215,7 @@ def _run_recorded(
     restore: PipelineRestore | None,
     tap: Callable[[BuiltPipeline], None] | None,
     progress: Callable[[str, str], AbstractContextManager[Any]] | None,
+    phases: Phases,
 ) -> tuple[VerifyReport, dict[str, Any], str | None]:
     """Run the recorded run's pipeline, merge its sinks, verify, digest and mark it finished;
     its verify report, summary and the reason it failed (None: completed)."""
@@ -220,24 +224,47 @@ def _run_recorded(
         tap(built)
     try:
         with progress(store.url, run_id) if progress is not None else nullcontext():
-            pipeline.run().wait_until_finish()
-            AuditWriter.drain_shared(absolute_url(store.url))  # the loads still behind the commits
+            with phases("pipeline"):
+                pipeline.run().wait_until_finish()
+            with phases("load backlog"):
+                AuditWriter.drain_shared(absolute_url(store.url))  # the loads still behind the commits
     except Exception as exc:
         if _is_interrupt(exc):
             raise
         store.finish_run(run_id, RunStatus.FAILED.value, {"error": _root_message(exc)})
         raise PipelineFailedError(f"run {run_id} failed: {_root_message(exc)}") from exc
-    catch_up(store, loaded, run_id)
-    merge_sinks(store, loaded, run_id)
+    with phases("catch-up"):
+        catch_up(store, loaded, run_id)
+    with phases("merge sinks"):
+        merge_sinks(store, loaded, run_id)
     digesting = _digest_event_tables(store.url, run_id)
-    report = verify_run(store, run_id)
-    summary = summarize(store, run_id)
+    with phases("verify"):
+        report = verify_run(store, run_id)
+    with phases("summary"):
+        summary = summarize(store, run_id)
     reason = failure_reason(report, summary, loaded.settings.run.max_quarantined_fraction)
-    digested = digest_tables_apart(store.engine, run_id, DIGESTED_IN_PIPELINE_PROCESS)
+    with phases("digest"):
+        digested = {**digest_tables_apart(store.engine, run_id, DIGESTED_IN_PIPELINE_PROCESS), **digesting()}
     status = RunStatus.COMPLETED if reason is None else RunStatus.FAILED
-    store.finish_run(run_id, status.value, {**summary, "verify_problems": report.problems, "status_reason": reason},
-                     {**digested, **digesting()})
+    with phases("finish"):
+        store.finish_run(run_id, status.value, {**summary, "verify_problems": report.problems, "status_reason": reason},
+                         digested)
     return report, summary, reason
+
+
+class Phases:
+    """Wall seconds per phase of a run, in order (the benchmark reports them)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
 def failure_reason(report: VerifyReport, summary: dict[str, Any], max_fraction: float | None) -> str | None:

@@ -30,9 +30,10 @@ from elspeth_beam.core.chain import rows_hash as flush_hash
 
 from elspeth_beam.core.tokens import TokenInfo
 from elspeth_beam.landscape import schema as s
-from elspeth_beam.landscape.store import LandscapeStore
+from elspeth_beam.landscape.store import LandscapeStore, absolute_url
 from elspeth_beam.pipeline.aggregation import AggregationDoFn, end_of_window, group_key
 from elspeth_beam.pipeline.audit import NodeContext
+from elspeth_beam.auditlog.writer_process import AuditWriter
 from elspeth_beam.pipeline.audit_sink import WriteAudit
 
 RUN_ID = "run-timeout-stream"
@@ -90,6 +91,7 @@ def run_stream(tmp_path: Path, clock: StepClock, *, advance_processing_time: boo
         (r["k"], r["batch_size"], r["v_sum"]) for r in map(json.loads, (tmp_path / "outputs.jsonl").read_text().splitlines())
     )
     assert emitted == [("a", 1, 40), ("a", 3, 0 + 10 + 30), ("b", 1, 20)]
+    AuditWriter.drain_shared(absolute_url(url))  # segments are committed; their loads may still be queued
     return LandscapeStore(url)
 
 

@@ -206,6 +206,7 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     threading.Thread(target=read, daemon=True, name="audit-requests").start()
     stores = _Stores()
     loader = _Loader(stores)
+    reported = (0, 0.0)  # the loads' counts the parent has been sent (with drain replies)
     while True:
         message = inbox.get()
         kind = message[0]
@@ -214,7 +215,6 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
             stores.close(message[1])
             continue
         ticket, url = message[1], message[2]
-        rows, seconds = WRITE_STATS.rows, WRITE_STATS.seconds
         try:
             if kind == "segment":
                 segment = AuditSegment(*message[4])
@@ -223,7 +223,8 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
                 _send(replies, (ticket, 0, 0.0, None, None))
             elif kind == "drain":
                 error = loader.drain()
-                _send(replies, (ticket, WRITE_STATS.rows - rows, WRITE_STATS.seconds - seconds, error, None))
+                _send(replies, (ticket, WRITE_STATS.rows - reported[0], WRITE_STATS.seconds - reported[1], error, None))
+                reported = (WRITE_STATS.rows, WRITE_STATS.seconds)
             elif kind == "digest":
                 loader.drain()
                 result = digest_tables_apart(stores.get(url).engine, message[3], message[4])
