@@ -8,16 +8,16 @@ from typing import Any
 from elspeth_beam.auditlog import records as r
 from elspeth_beam.auditlog.loader import load_records
 from elspeth_beam.core.enums import Outcome
-from elspeth_beam.core.timestamps import utc_now
+from elspeth_beam.core.timestamps import now_us
 
 
 def row(**kw: Any) -> tuple:
     return r.RowRecord(**kw)
 
 
-def token(*, parent_ids: tuple[str, ...] = (), created_at: str | None = None, **kw: Any) -> list[tuple]:
+def token(*, parent_ids: tuple[str, ...] = (), created_at: int | str | None = None, **kw: Any) -> list[tuple]:
     """A token and its parent links (two tables, as the write path records them)."""
-    made = [r.TokenRecord(created_at=created_at or utc_now(), **kw)]
+    made = [r.TokenRecord(created_at=created_at or now_us(), **kw)]
     return made + [r.TokenParentRecord(token_id=kw["token_id"], parent_token_id=p, ordinal=i) for i, p in enumerate(parent_ids)]
 
 
@@ -29,12 +29,12 @@ def routing(**kw: Any) -> tuple:
     return r.RoutingRecord(**kw)
 
 
-def outcome(*, outcome: Outcome, recorded_at: str | None = None, **kw: Any) -> tuple:
-    return r.OutcomeRecord(outcome=outcome.value, is_terminal=outcome.is_terminal, recorded_at=recorded_at or utc_now(), **kw)
+def outcome(*, outcome: Outcome, recorded_at: int | str | None = None, **kw: Any) -> tuple:
+    return r.OutcomeRecord(outcome=outcome.value, is_terminal=outcome.is_terminal, recorded_at=recorded_at or now_us(), **kw)
 
 
-def batch(*, node_id: str, created_at: str | None = None, **kw: Any) -> tuple:
-    return r.BatchRecord(aggregation_node_id=node_id, created_at=created_at or utc_now(), **kw)
+def batch(*, node_id: str, created_at: int | str | None = None, **kw: Any) -> tuple:
+    return r.BatchRecord(aggregation_node_id=node_id, created_at=created_at or now_us(), **kw)
 
 
 def batch_member(**kw: Any) -> tuple:
@@ -45,8 +45,8 @@ def batch_output(**kw: Any) -> tuple:
     return r.BatchOutputRecord(**kw)
 
 
-def artifact(*, artifact_kind: str = "part", created_at: str | None = None, **kw: Any) -> tuple:
-    return r.ArtifactRecord(artifact_kind=artifact_kind, created_at=created_at or utc_now(), **kw)
+def artifact(*, artifact_kind: str = "part", created_at: int | str | None = None, **kw: Any) -> tuple:
+    return r.ArtifactRecord(artifact_kind=artifact_kind, created_at=created_at or now_us(), **kw)
 
 
 def flat(items: Any) -> list[tuple]:

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from elspeth_beam.auditlog import segments
-from elspeth_beam.auditlog.records import EVENT_TABLES, Columns, key_positions, to_records
+from elspeth_beam.auditlog.records import EVENT_TABLES, Columns, key_positions, landscape_columns, to_records
 from elspeth_beam.core.enums import BatchStatus, NodeStateStatus
 from elspeth_beam.core.errors import LandscapeError
 from elspeth_beam.core.timestamps import utc_now
@@ -98,7 +98,7 @@ def write(conn: Connection, tables: Mapping[str, Columns]) -> int:
         columns = tables.get(table.name)
         if not columns or not columns[0]:
             continue
-        records = to_records(columns)
+        records = to_records(landscape_columns(table.name, columns))
         offered += _insert_ignore(conn, table, records)
         if table is s.node_states:
             _close_open_states(conn, records)

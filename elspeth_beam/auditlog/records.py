@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 from sqlalchemy import Boolean, Float, Integer, Table
 
+from elspeth_beam.core.timestamps import iso
 from elspeth_beam.landscape import schema as s
 
 EVENT_TABLES: tuple[Table, ...] = (
@@ -55,6 +56,8 @@ TABLES: dict[str, Table] = {t.name: t for t in EVENT_TABLES}
 
 
 def _arrow_type(column: Any) -> pa.DataType:
+    if column.type is s.TS:  # records hold integer microseconds (core/timestamps.py)
+        return pa.timestamp("us", tz="UTC")
     if isinstance(column.type, Boolean):
         return pa.bool_()
     if isinstance(column.type, Integer):
@@ -101,6 +104,23 @@ def tables_of(records: Sequence[tuple]) -> dict[str, list[tuple]]:
 def record_batch(table: str, columns: Columns) -> pa.RecordBatch:
     schema = ARROW_SCHEMAS[table]
     return pa.RecordBatch.from_arrays([pa.array(col, type=f.type) for col, f in zip(columns, schema)], schema=schema)
+
+
+def batch_columns(batch: pa.RecordBatch) -> list[list[Any]]:
+    """A segment file's records as Python columns, timestamps as integer microseconds."""
+    return [col.cast(pa.int64()).to_pylist() if f.type == _TS else col.to_pylist()
+            for col, f in zip(batch.columns, batch.schema)]
+
+
+def landscape_columns(table: str, columns: Columns) -> list[Sequence[Any]]:
+    """A table's columns in the Landscape's types: timestamps rendered as ISO text."""
+    return [[iso(v) for v in col] if i in _TS_POSITIONS[table] else col for i, col in enumerate(columns)]
+
+
+_TS = pa.timestamp("us", tz="UTC")
+_TS_POSITIONS: dict[str, frozenset[int]] = {
+    t.name: frozenset(i for i, c in enumerate(t.columns) if c.type is s.TS) for t in EVENT_TABLES
+}
 
 
 def as_dicts(table: str, records: Sequence[tuple]) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ import pyarrow as pa
 from sqlalchemy.engine import make_url
 
 from elspeth_beam.auditlog.buffer import AuditSegment
-from elspeth_beam.auditlog.records import ARROW_SCHEMAS, EVENT_TABLES, key_positions, record_batch
+from elspeth_beam.auditlog.records import ARROW_SCHEMAS, EVENT_TABLES, batch_columns, key_positions, record_batch
 from elspeth_beam.core.errors import LandscapeError
 
 FORMAT = 1
@@ -120,7 +120,7 @@ def read(manifest_path: Path) -> tuple[dict[str, Any], AuditSegment]:
         batch = pa.ipc.open_file(pa.BufferReader(data)).read_all()
         if batch.schema != ARROW_SCHEMAS[table]:
             raise SegmentError(f"segment {manifest['segment']}: {path.name} has another schema than table {table}")
-        segment.tables[table] = [col.to_pylist() for col in batch.columns]
+        segment.tables[table] = batch_columns(batch)
     return manifest, segment
 
 

@@ -38,7 +38,7 @@ from elspeth_beam.core.canonical import canonical_json
 from elspeth_beam.core.enums import BatchStatus, Outcome, TriggerType
 from elspeth_beam.core.errors import ElspethError
 from elspeth_beam.auditlog.records import BatchMemberRecord, BatchOutputRecord, BatchRecord
-from elspeth_beam.core.timestamps import utc_now
+from elspeth_beam.core.timestamps import now_us
 from elspeth_beam.core.tokens import TokenInfo, TokenInfoCoder
 from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag, row_hash
 from elspeth_beam.pipeline.restore import AggregationRestore, RestoredStateError
@@ -139,7 +139,7 @@ class AggregationDoFn(AuditedDoFn):
             self.record(
                 BatchRecord(batch_id=batch_id, run_id=self.ctx.run_id, aggregation_node_id=self.ctx.node_id, key=state.key,
                             sequence=seq, attempt=attempt, retry_of_batch_id=retry_of, status=BatchStatus.DRAFT.value,
-                            created_at=utc_now())
+                            created_at=now_us())
             )
             end_timer.set(end_of_window(window))
             if self.timeout is not None:
@@ -223,7 +223,7 @@ class AggregationDoFn(AuditedDoFn):
         check_members(batch_id, members, self.ctx.run_id)
         batch = dict(batch_id=batch_id, run_id=self.ctx.run_id, aggregation_node_id=self.ctx.node_id, key=key,
                      sequence=seq, attempt=attempt, trigger_type=trigger.value, trigger_reason=reason,
-                     retry_of_batch_id=retry_of, created_at=utc_now())
+                     retry_of_batch_id=retry_of, created_at=now_us())
         self.record(BatchRecord(status=BatchStatus.EXECUTING.value, **batch))
         step = self.execute(
             batch_id=batch_id,
@@ -233,7 +233,7 @@ class AggregationDoFn(AuditedDoFn):
             hash_output=lambda outs: [row_hash(t.row) for t in outs],
         )
         status = BatchStatus.COMPLETED if step.ok else BatchStatus.FAILED
-        self.record(BatchRecord(status=status.value, aggregation_state_id=step.state_id, completed_at=utc_now(), **batch))
+        self.record(BatchRecord(status=status.value, aggregation_state_id=step.state_id, completed_at=now_us(), **batch))
         if not step.ok:
             for member in members:
                 yield from self.divert(member, step.error)

@@ -29,7 +29,7 @@ from elspeth_beam.auditlog.records import NodeStateRecord, OutcomeRecord, TokenP
 from elspeth_beam.core import ids
 from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.core.enums import NodeStateStatus, Outcome
-from elspeth_beam.core.timestamps import utc_now
+from elspeth_beam.core.timestamps import now_us
 from elspeth_beam.core.tokens import TokenInfo
 
 AUDIT_TAG = "audit"
@@ -156,7 +156,7 @@ class AuditedDoFn(beam.DoFn):
         subject = token_id or batch_id
         assert subject is not None, "a node_state belongs to a token or a batch"
         state_id = ids.state_id(subject, self.ctx.node_id, attempt)
-        started_at = utc_now()
+        started_at = now_us()
         t0 = time.perf_counter()
         output_hash: str | None = None
         error: dict[str, Any] | None = None
@@ -184,13 +184,13 @@ class AuditedDoFn(beam.DoFn):
 
     def record_state(self, **fields: Any) -> None:
         """Record a closed node_state of this node (``execute`` and multi-token writers)."""
-        self.record(NodeStateRecord(run_id=self.ctx.run_id, node_id=self.ctx.node_id, completed_at=utc_now(), **fields))
+        self.record(NodeStateRecord(run_id=self.ctx.run_id, node_id=self.ctx.node_id, completed_at=now_us(), **fields))
 
     # ---- tokens and outcomes ------------------------------------------------------------
 
     def record_token(self, token: TokenInfo) -> None:
         self.record(TokenRecord(token_id=token.token_id, run_id=token.run_id, row_id=token.row_id,
-                                branch_name=token.branch, created_at_node=self.ctx.node_id, created_at=utc_now()))
+                                branch_name=token.branch, created_at_node=self.ctx.node_id, created_at=now_us()))
         for ordinal, parent in enumerate(token.parent_ids):
             self.record(TokenParentRecord(token_id=token.token_id, parent_token_id=parent, ordinal=ordinal))
 
@@ -203,7 +203,7 @@ class AuditedDoFn(beam.DoFn):
                 outcome=outcome.value,
                 is_terminal=outcome.is_terminal,
                 node_id=self.ctx.node_id,
-                recorded_at=utc_now(),
+                recorded_at=now_us(),
                 **fields,
             )
         )

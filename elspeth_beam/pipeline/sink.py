@@ -24,7 +24,7 @@ from elspeth_beam.core import ids
 from elspeth_beam.core.enums import NodeStateStatus, Outcome
 from elspeth_beam.core.errors import ElspethError
 from elspeth_beam.auditlog.records import ArtifactRecord
-from elspeth_beam.core.timestamps import utc_now
+from elspeth_beam.core.timestamps import now_us
 from elspeth_beam.core.tokens import TokenInfo
 from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, row_hash
 from elspeth_beam.plugins import registry
@@ -93,7 +93,7 @@ class SinkDoFn(AuditedDoFn):
         items.sort(key=lambda it: (it[1].row_index, it[1].token_id))
         name = ids.make_id("part", [tok.token_id for _, tok, _ in items])
         target = self.dir / f"{name}.{self.plugin.extension}"
-        started_at, t0 = utc_now(), time.perf_counter()
+        started_at, t0 = now_us(), time.perf_counter()
         try:
             self.plugin.write_part([output_row(tok, err) for _, tok, err in items], target)
         except Exception as exc:
@@ -112,7 +112,7 @@ class SinkDoFn(AuditedDoFn):
                 size_bytes=target.stat().st_size,
                 row_count=len(items),
                 artifact_kind="part",
-                created_at=utc_now(),
+                created_at=now_us(),
             )
         )
         for position, (arrival, token, error) in enumerate(items):
@@ -158,5 +158,5 @@ def merge_sink(plugin: SinkPlugin, parts: list[dict[str, Any]], run_id: str, nod
         size_bytes=target.stat().st_size,
         row_count=sum(a["row_count"] for a in ordered),
         artifact_kind="merged",
-        created_at=utc_now(),
+        created_at=now_us(),
     )
