@@ -12,6 +12,7 @@ import json
 import random
 import shutil
 import sqlite3
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,7 +52,9 @@ class Broken:
     """A copy of the run's Landscape, to break with SQL and check."""
 
     def __init__(self, original: Path, tmp_path: Path, run_id: str = crashfuzz.RUN_ID) -> None:
-        self.path, self.run_id = tmp_path / "broken.db", run_id
+        # a fresh name each time: Hypothesis reuses tmp_path across examples, and an earlier
+        # copy's -wal file beside the same name would be replayed into this one
+        self.path, self.run_id = Path(tempfile.mkdtemp(dir=tmp_path)) / "broken.db", run_id
         shutil.copy(original, self.path)
         self.db = sqlite3.connect(self.path)
 
