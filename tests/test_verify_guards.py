@@ -88,6 +88,16 @@ def test_verify_names_a_token_with_two_terminal_outcomes(finished) -> None:
     assert problem == f"1 token(s) have several terminal outcomes: {token_id}"
 
 
+def test_verify_names_a_row_without_tokens_and_an_outcome_of_no_token(finished) -> None:
+    """Invariant 5's footing: every row has its token, every outcome names a token of the run."""
+    store, run_id = finished
+    (row_id,), *_ = _sql(store, "SELECT row_id FROM rows WHERE run_id = :run ORDER BY row_id DESC", run=run_id)
+    (token_id,), *_ = _sql(store, "SELECT token_id FROM tokens WHERE row_id = :row", row=row_id)
+    _sql(store, "DELETE FROM tokens WHERE row_id = :row", row=row_id)
+    assert _problem(store, run_id, "have no token") == f"1 row(s) have no token: {row_id}"
+    assert f"outcome(s) name unknown tokens: {token_id}" in _problem(store, run_id, "name unknown tokens")
+
+
 def test_verify_cli_prints_the_open_state_and_exits_nonzero(tmp_path: Path) -> None:
     """What an auditor sees: the state's id on stdout and a failing exit code."""
     run = testing.run_for_test(_settings(tmp_path), tmp_path)

@@ -78,11 +78,7 @@ def verify_run(store: LandscapeStore, run_id: str, *, expected_digest: str | Non
         count = lambda t: conn.execute(select(func.count()).select_from(t).where(t.c.run_id == run_id)).scalar_one()  # noqa: E731
         report.checked = {"rows": count(s.rows), "tokens": count(s.tokens), "node_states": count(s.node_states), "batches": count(s.batches)}
 
-        rows_without_tokens = conn.execute(
-            select(s.rows.c.row_id)
-            .outerjoin(s.tokens, s.tokens.c.row_id == s.rows.c.row_id)
-            .where(s.rows.c.run_id == run_id, s.tokens.c.token_id.is_(None))
-        ).scalars().all()
+        rows_without_tokens = _unmatched(conn, s.rows.c.row_id, s.tokens.c.row_id, run_id)
         if rows_without_tokens:
             report.problems.append(f"{len(rows_without_tokens)} row(s) have no token: {_examples(rows_without_tokens)}")
 
@@ -102,11 +98,7 @@ def verify_run(store: LandscapeStore, run_id: str, *, expected_digest: str | Non
         several = conn.execute(select(terminal.c.token_id).where(terminal.c.n > 1)).scalars().all()
         if several:
             report.problems.append(f"{len(several)} token(s) have several terminal outcomes: {_examples(several)}")
-        orphans = conn.execute(
-            select(s.token_outcomes.c.token_id)
-            .outerjoin(s.tokens, s.tokens.c.token_id == s.token_outcomes.c.token_id)
-            .where(s.token_outcomes.c.run_id == run_id, s.tokens.c.token_id.is_(None))
-        ).scalars().all()
+        orphans = _unmatched(conn, s.token_outcomes.c.token_id, s.tokens.c.token_id, run_id)
         if orphans:
             report.problems.append(f"{len(orphans)} outcome(s) name unknown tokens: {_examples(orphans)}")
 
@@ -252,6 +244,13 @@ _REFERENCES: tuple[tuple[Table, str, Table, str], ...] = (
     (s.token_outcomes, "artifact_id", s.artifacts, "artifact_id"),
     (s.artifacts, "sink_node_id", s.nodes, "node_id"),
 )
+
+
+def _unmatched(conn: Connection, column: Any, target: Any, run_id: str) -> list[Any]:
+    """Values of ``column`` in the run's records that no record of ``target``'s table holds."""
+    return conn.execute(
+        select(column).outerjoin(target.table, target == column).where(column.table.c.run_id == run_id, target.is_(None))
+    ).scalars().all()
 
 
 def _references(conn: Connection, run_id: str) -> list[str]:
