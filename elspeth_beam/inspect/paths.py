@@ -134,9 +134,11 @@ def _differs(recorded: Any, carried: Any) -> ColumnElement[bool]:
     return and_(carried.is_not(None), recorded.is_distinct_from(carried))
 
 
-def _fetch(conn: Connection, stmt: Any) -> list[tuple]:
+def _fetch(conn: Connection, stmt: Any) -> Iterator[tuple]:
     """Rows as plain tuples straight from the driver: building SQLAlchemy rows cost as much as
-    the queries themselves for the tens of thousands of members and checkpoints of a run."""
+    the queries themselves for the tens of thousands of members and checkpoints of a run.
+    Streamed, a few thousand at a time: a run's checkpoint rows all at once made verify's
+    memory grow with the run (+217 MB at 200 000 rows)."""
     compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     params: Any = compiled.construct_params()
     if compiled.positional:
@@ -144,9 +146,13 @@ def _fetch(conn: Connection, stmt: Any) -> list[tuple]:
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(str(compiled), params)
-        return cursor.fetchall()
+        while chunk := cursor.fetchmany(_FETCH_ROWS):
+            yield from chunk
     finally:
         cursor.close()
+
+
+_FETCH_ROWS = 5000
 
 
 def _row_hash(token_json: str | None, hasher: Hasher) -> str | None:
