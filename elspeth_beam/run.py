@@ -27,7 +27,7 @@ from elspeth_beam.config.preflight import sink_problems
 from elspeth_beam.config.secrets import Fingerprinter, protect_node, warn_if_unkeyed
 from elspeth_beam.core.canonical import canonical_json, stable_hash
 from elspeth_beam.core.enums import NodeType, RunStatus
-from elspeth_beam.core.errors import ElspethError, PipelineFailedError, PreflightError, RunInterruptedError
+from elspeth_beam.core.errors import AuditLogExistsError, ElspethError, PipelineFailedError, PreflightError, RunInterruptedError
 from elspeth_beam.core.timestamps import utc_now
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.auditlog import segments
@@ -138,6 +138,19 @@ def merge_sinks(store: LandscapeStore, loaded: LoadedPipeline, run_id: str) -> N
     load_records(store.engine, tables_of(merged))
 
 
+def _refuse_used_audit_log(store: LandscapeStore, loaded: LoadedPipeline, run_id: str) -> None:
+    """A new run must start with an empty folder in the audit log: segments there belong to
+    another run of the same id (another Landscape, or one deleted), and the catch-up would load
+    them into this one."""
+    directory = segments.run_dir(segments.audit_log_dir(store.url, loaded.settings.landscape.audit_log), run_id)
+    if segments.committed(directory) and not store.has_run(run_id):  # if it has, begin_run says so
+        store.dispose()
+        raise AuditLogExistsError(
+            f"the audit log folder {directory} already holds segments of a run {run_id}; a run id names one run: "
+            "choose another --run-id, or point landscape.audit_log elsewhere (move the folder away if that run is gone)"
+        )
+
+
 def catch_up(store: LandscapeStore, loaded: LoadedPipeline, run_id: str) -> int:
     """Load the run's committed segments the Landscape lacks (a writer that died between a
     segment's commit and its load), then drop losing attempts' files; records loaded."""
@@ -169,6 +182,8 @@ def execute_run(
     preflight(loaded, run_id)
     pipeline = _make(make_pipeline, options)
     store = LandscapeStore(loaded.settings.landscape.url)
+    if restore is None:
+        _refuse_used_audit_log(store, loaded, run_id)
     warn_if_unkeyed(loaded.settings_json)
     store.begin_run(
         run_id=run_id,

@@ -83,8 +83,11 @@ def write_records(store: LandscapeStore, records: list[tuple]) -> int:
     return load_records(store.engine, tables_of(records))
 
 
-def load_for_test(settings: dict[str, Any] | str | Path, landscape: str) -> LoadedPipeline:
+def load_for_test(settings: dict[str, Any] | str | Path, landscape: str, audit_log: Path | None = None) -> LoadedPipeline:
+    """The settings with the test's Landscape (and, given one, the test's audit-log folder)."""
     raw = yaml.safe_load(Path(settings).read_text()) if isinstance(settings, (str, Path)) else settings
+    if audit_log is not None and not (raw.get("landscape") or {}).get("audit_log"):
+        raw = {**raw, "landscape": {**(raw.get("landscape") or {}), "audit_log": str(audit_log)}}
     return load_settings_dict(raw, landscape_url=landscape)
 
 
@@ -99,7 +102,8 @@ def run_for_test(
 ) -> TestRun:
     """Run a pipeline on Beam's TestPipeline (FnApiRunner by default) with a temp Landscape."""
     url = landscape or landscape_url(tmp_path)
-    loaded = load_for_test(settings, url)
+    # a SQLite Landscape keeps its audit log beside it; any other keeps it under the test's folder
+    loaded = load_for_test(settings, url, audit_log=None if url.startswith("sqlite") else tmp_path / "audit-log")
     journal_path = tmp_path / f"journal-{run_id or 'run'}.jsonl" if journal else None
     if journal_path is not None and journal_path.exists():
         journal_path.unlink()

@@ -20,7 +20,7 @@ from elspeth_beam import testing
 from elspeth_beam.bench import generate
 from elspeth_beam.bench import settings as bench_settings
 from elspeth_beam.cli import main, unknown_beam_args
-from elspeth_beam.core.errors import LandscapeError, RunExistsError
+from elspeth_beam.core.errors import AuditLogExistsError, LandscapeError, RunExistsError
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
 from elspeth_beam.inspect.verify import verify_run
@@ -94,6 +94,19 @@ def test_another_pipeline_under_an_existing_id_touches_nothing(tmp_path, capsys)
     assert _snapshot(db) == before
     assert not (tmp_path / "out").exists()  # the other pipeline wrote nothing
     assert verify_run(LandscapeStore(f"sqlite:///{db}", create=False), "taken").ok
+
+
+def test_a_new_run_refuses_an_audit_log_folder_holding_another_runs_segments(tmp_path):
+    """Two Landscapes sharing one audit log, one run id: the second run must not start (its
+    catch-up would load the first run's segments into it), and it writes nothing."""
+    settings = retarget(yaml.safe_load(QUICKSTART.read_text()), tmp_path / "out")
+    settings["landscape"] = {"audit_log": str(tmp_path / "shared-log")}
+    first = testing.run_for_test(settings, tmp_path, run_id="run-twice", landscape=f"sqlite:///{tmp_path / 'a.db'}")
+    assert first.result.status.value == "completed"
+    second = tmp_path / "b.db"
+    with pytest.raises(AuditLogExistsError, match=r"already holds segments of a run run-twice.*choose another --run-id"):
+        testing.run_for_test(settings, tmp_path, run_id="run-twice", landscape=f"sqlite:///{second}")
+    assert LandscapeStore(f"sqlite:///{second}").table_rows(s.runs) == []
 
 
 def test_begin_run_refuses_an_existing_id_and_resumes_only_a_reopened_run(tmp_path):

@@ -263,9 +263,9 @@ def test_the_reporter_connection_cannot_write(watched_run) -> None:
 
 
 @pytest.mark.postgres
-def test_progress_on_postgres(postgres_url, quickstart_settings) -> None:
+def test_progress_on_postgres(postgres_url, quickstart_settings, tmp_path) -> None:
     """PostgreSQL: counted in full each poll (no rowids), through a read-only session."""
-    loaded = testing.load_for_test(quickstart_settings, postgres_url)
+    loaded = testing.load_for_test(quickstart_settings, postgres_url, audit_log=tmp_path / "audit-log")
     result, stream, reporter = _run_polled(loaded)
     store = LandscapeStore(postgres_url)
     with store.engine.connect() as conn:

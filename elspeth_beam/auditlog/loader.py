@@ -131,11 +131,17 @@ def _insert_sql(conn: Connection, table: Table) -> tuple[str, tuple[str, ...] | 
     return _COMPILED[cache_key]
 
 
+_COPY_FROM = 200  # records from which PostgreSQL gets them by COPY
+
+
 def _insert_ignore(conn: Connection, table: Table, records: Sequence[tuple]) -> int:
     """Insert-or-ignore on the primary key as one driver-level executemany (SQLAlchemy's own
-    executemany spent more time building parameters than SQLite inserting). Records are in
-    key order, one order for every writer, so concurrent transactions lock rows alike."""
+    executemany spent more time building parameters than SQLite inserting), or on PostgreSQL
+    by COPY. Records are in key order, one order for every writer, so concurrent transactions
+    lock rows alike."""
     ordered = sorted(records, key=itemgetter(*key_positions(table.name)))
+    if conn.dialect.name == "postgresql" and len(ordered) >= _COPY_FROM:
+        return _copy_ignore(conn, table, ordered)
     sql, positions = _insert_sql(conn, table)
     names = [c.name for c in table.columns]
     if positions is not None and list(positions) != names:
@@ -147,6 +153,27 @@ def _insert_ignore(conn: Connection, table: Table, records: Sequence[tuple]) -> 
         params = [dict(zip(names, r)) for r in ordered]
     conn.exec_driver_sql(sql, params)
     return len(params)
+
+
+def _copy_ignore(conn: Connection, table: Table, ordered: Sequence[tuple]) -> int:
+    """PostgreSQL's bulk path: COPY into a temporary table, then one INSERT … SELECT … ON
+    CONFLICT DO NOTHING in key order (COPY itself cannot ignore a key that exists)."""
+    names = ", ".join(f'"{c.name}"' for c in table.columns)
+    keys = ", ".join(f'"{c.name}"' for c in table.primary_key.columns)
+    staging = f"elspeth_load_{table.name}"
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(f'CREATE TEMPORARY TABLE IF NOT EXISTS {staging} (LIKE "{table.name}" INCLUDING DEFAULTS) '
+                       "ON COMMIT DELETE ROWS")
+        with cursor.copy(f"COPY {staging} ({names}) FROM STDIN") as copy:
+            for record in ordered:
+                copy.write_row(record)
+        cursor.execute(f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM {staging} ORDER BY {keys} '
+                       f"ON CONFLICT ({keys}) DO NOTHING")  # on the key only: another unique index still objects
+        cursor.execute(f"TRUNCATE {staging}")
+    finally:
+        cursor.close()
+    return len(ordered)
 
 
 # ---- forward-only statuses ------------------------------------------------------------------

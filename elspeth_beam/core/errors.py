@@ -47,6 +47,10 @@ class RunExistsError(LandscapeError):
     """A new run was asked for under a run id the Landscape already holds."""
 
 
+class AuditLogExistsError(LandscapeError):
+    """A new run's folder in the audit log already holds segments (another run of that id)."""
+
+
 class RunInterruptedError(ElspethError):
     """The run was stopped by Ctrl-C (SIGINT); it is recorded as interrupted."""
 

@@ -210,6 +210,10 @@ class LandscapeStore:
             raise RunNotFoundError(f"run {run_id!r} is not in the Landscape at {self.url}; list runs with `elspeth-beam runs`")
         return dict(row)
 
+    def has_run(self, run_id: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(s.runs.c.run_id).where(s.runs.c.run_id == run_id)).first() is not None
+
     def latest_run_id(self) -> str:
         with self.engine.connect() as conn:
             row = conn.execute(select(s.runs.c.run_id).order_by(s.runs.c.started_at.desc()).limit(1)).first()
