@@ -190,7 +190,8 @@ def durable_rows(db: Path, run_id: str) -> int:
     from elspeth_beam.auditlog import segments
 
     loaded = sql(db, "SELECT COUNT(*) FROM rows WHERE run_id = ?", run_id)[0][0]
-    pending = [segments.read(m)[1] for m in segments.committed(segments.run_dir(db.with_suffix(".audit"), run_id))
+    directory = segments.run_dir(segments.audit_log_dir(f"sqlite:///{db}"), run_id)
+    pending = [segments.read(m)[1] for m in segments.committed(directory)
                if not sql(db, "SELECT 1 FROM audit_segments WHERE segment_id = ?", m.stem)]
     row_ids = {r for seg in pending for r in (seg.tables.get("rows") or [()])[0]}
     stored = {r for (r,) in sql(db, "SELECT row_id FROM rows WHERE run_id = ?", run_id)}

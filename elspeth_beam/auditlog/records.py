@@ -123,10 +123,5 @@ _TS_POSITIONS: dict[str, frozenset[int]] = {
 }
 
 
-def as_dicts(table: str, records: Sequence[tuple]) -> list[dict[str, Any]]:
-    names = TABLES[table].columns.keys()
-    return [dict(zip(names, r)) for r in records]
-
-
 def count(tables: Mapping[str, Columns]) -> int:
     return sum(len(cols[0]) if cols else 0 for cols in tables.values())

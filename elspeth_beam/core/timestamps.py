@@ -17,7 +17,8 @@ def now_us() -> int:
 
 
 def iso(micros: int | str | None) -> str | None:
-    """A record timestamp as the Landscape's text (text and None pass through)."""
+    """A record timestamp as the Landscape's text (text and None pass through), formatting
+    the date and time once per second: several timestamps per token made it 1.7 µs → 0.5 µs."""
     global _second
     if micros is None or isinstance(micros, str):
         return micros
@@ -30,12 +31,5 @@ def iso(micros: int | str | None) -> str | None:
 
 
 def utc_now() -> str:
-    """``datetime.now(utc).isoformat(timespec="microseconds")``, formatting the date and time
-    once per second: several timestamps per token made it 1.7 µs → 0.5 µs a call."""
-    global _second
-    sec, micro = divmod(time.time_ns() // 1000, 1_000_000)
-    cached_sec, text = _second  # one read: another thread may replace the pair meanwhile
-    if sec != cached_sec:
-        text = dt.datetime.fromtimestamp(sec, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-        _second = (sec, text)
-    return f"{text}.{micro:06d}+00:00"
+    """Now as the Landscape's text: ``datetime.now(utc).isoformat(timespec="microseconds")``."""
+    return iso(now_us())  # type: ignore[return-value]
