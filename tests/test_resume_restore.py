@@ -227,7 +227,7 @@ def _corrupt(kind: str) -> tuple[list[Any], str]:
     if kind == "duplicated token":
         return [a, b, a], f"member 2 repeats token {a.token_id}"
     if kind == "other run":
-        return [a, b.model_copy(update={"run_id": "run-elsewhere"}), c], "belongs to run run-elsewhere"
+        return [a, b.replace(run_id="run-elsewhere"), c], "belongs to run run-elsewhere"
     raise AssertionError(kind)
 
 

@@ -14,11 +14,10 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from elspeth_beam.core import ids
 from elspeth_beam.core.errors import CanonicalizationError
-from elspeth_beam.core.tokens import TokenInfo, TokenInfoCoder
+from elspeth_beam.core.tokens import TokenError, TokenInfo, TokenInfoCoder
 
 # ---- strategies ------------------------------------------------------------------------------
 
@@ -92,13 +91,21 @@ CODER = TokenInfoCoder()
 
 def test_token_is_frozen():
     t = make_token()
-    with pytest.raises(ValidationError):
+    with pytest.raises(AttributeError, match="frozen"):
         t.token_id = "other"  # type: ignore[misc]
 
 
 def test_extra_fields_forbidden():
-    with pytest.raises(ValidationError):
+    with pytest.raises(TypeError, match="colour"):
         make_token(colour="red")
+    with pytest.raises(TokenError, match="not a token"):
+        TokenInfo.from_json_bytes(make_token().to_json_bytes()[:-1] + b',"colour":"red"}')
+
+
+@pytest.mark.parametrize(("field", "value"), [("run_id", 1), ("row_index", "3"), ("parent_ids", "tok_p"), ("branch", 2)])
+def test_field_types_checked(field, value):
+    with pytest.raises(TokenError, match=field):
+        make_token(**{field: value})
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
@@ -110,7 +117,7 @@ def test_extra_fields_forbidden():
     ],
 )
 def test_non_finite_rejected_with_message(bad, row, path):
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(CanonicalizationError) as info:
         make_token(row=row(bad))
     msg = str(info.value)
     assert "NaN" in msg
@@ -127,12 +134,12 @@ def test_with_row_validates_too():
 
 @pytest.mark.parametrize("bad", [dt.date(2024, 1, 1), b"bytes", {1, 2}, (1, 2), object()])
 def test_non_json_values_rejected(bad):
-    with pytest.raises(ValidationError, match="JSON types"):
+    with pytest.raises(CanonicalizationError, match="JSON types"):
         make_token(row={"v": bad})
 
 
 def test_non_string_nested_key_rejected():
-    with pytest.raises(ValidationError, match="non-string key"):
+    with pytest.raises(CanonicalizationError, match="non-string key"):
         make_token(row={"v": {1: "x"}})
 
 

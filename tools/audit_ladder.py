@@ -24,4 +24,4 @@ if mode == "plain":
 from elspeth_beam.config.loader import load_settings_dict
 from elspeth_beam.run import execute_run
 r = execute_run(load_settings_dict(bench.settings(data, work / "out", f"sqlite:///{work}/l.db")))
-print(mode, "wall", round(time.perf_counter() - t0, 2), "pipeline", round(r.phases["pipeline"], 2), "verify", round(r.phases["verify"], 2), r.status.value)
+print(mode, "wall", round(time.perf_counter() - t0, 2), {k: round(v, 2) for k, v in r.phases.items()}, r.status.value)

@@ -10,12 +10,10 @@ import json
 import math
 
 import orjson
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apache_beam import coders
-from pydantic import BaseModel, ConfigDict, field_validator
-
-from elspeth_beam.core.errors import CanonicalizationError
+from elspeth_beam.core.errors import CanonicalizationError, ElspethError
 
 JSONValue = Any  # str | int | float | bool | None | list | dict of those
 
@@ -66,46 +64,70 @@ def _token_bytes(fields: dict[str, Any]) -> bytes:
         return _encode_token(fields).encode("utf-8")
 
 
-class TokenInfo(BaseModel):
-    """A row instance travelling one path through the graph (frozen, JSON-native data)."""
+class TokenError(ElspethError, ValueError):
+    """A token's fields are not what a token holds (a wrong type, an unknown field): a restored
+    checkpoint or a decoded element that was not written by elspeth_beam."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    run_id: str
-    row_id: str
-    token_id: str
-    row_index: int
-    parent_ids: tuple[str, ...] = ()
-    branch: str | None = None
-    row: dict[str, JSONValue]
+_FIELDS = ("run_id", "row_id", "token_id", "row_index", "parent_ids", "branch", "row")
+_TEXT = ("run_id", "row_id", "token_id")
 
-    @field_validator("row")
+
+class TokenInfo:
+    """A row instance travelling one path through the graph (frozen, JSON-native data).
+
+    A plain slotted class, not a pydantic model: the per-row path makes several tokens a row,
+    and the model's construction (and Beam's state cache walking its attributes to size a bag)
+    cost more than the step's own work. ``TokenInfo(...)`` checks every field, ``of`` only the
+    row (the other fields come from our own code)."""
+
+    __slots__ = _FIELDS
+    if TYPE_CHECKING:  # not at run time: Beam would infer a row schema from class annotations
+        run_id: str
+        row_id: str
+        token_id: str
+        row_index: int
+        parent_ids: tuple[str, ...]
+        branch: str | None
+        row: dict[str, JSONValue]
+
+    def __init__(self, *, run_id: str, row_id: str, token_id: str, row_index: int,
+                 parent_ids: tuple[str, ...] | list[str] = (), branch: str | None = None,
+                 row: dict[str, JSONValue]) -> None:
+        for name, value in (("run_id", run_id), ("row_id", row_id), ("token_id", token_id)):
+            if type(value) is not str:
+                raise TokenError(f"a token's {name} must be a string, not {type(value).__name__}")
+        if type(row_index) is not int:
+            raise TokenError(f"a token's row_index must be an integer, not {type(row_index).__name__}")
+        if not isinstance(parent_ids, (tuple, list)) or not all(type(p) is str for p in parent_ids):
+            raise TokenError("a token's parent_ids must be a list of token ids (strings)")
+        if branch is not None and type(branch) is not str:
+            raise TokenError(f"a token's branch must be a string or null, not {type(branch).__name__}")
+        _check_row(row)
+        _set(self, run_id, row_id, token_id, row_index, tuple(parent_ids), branch, row)
+
     @classmethod
-    def _json_native(cls, row: dict[str, Any]) -> dict[str, Any]:
-        for key, value in row.items():
-            _check_json_native(value, key)
-        return row
-
-    @classmethod
-    def of(cls, row: dict[str, Any], **fields: Any) -> "TokenInfo":
-        """A token of our own making, its ``row`` checked (JSON types, no NaN, keys strings)
-        and kept as given: the per-row path builds several tokens a row, and pydantic's
-        validation copied each row and cost more than the rest of the step. The other fields
-        come from our own code (ids, positions)."""
-        if not isinstance(row, dict):
-            raise CanonicalizationError(f"a row must be an object (dict), not {type(row).__name__}")
-        for key, value in row.items():
-            if not isinstance(key, str):
-                raise CanonicalizationError(f"row has a non-string key {key!r}")
-            _check_json_native(value, key)
-        fields.setdefault("parent_ids", ())
-        fields.setdefault("branch", None)
-        return cls.model_construct(row=row, **fields)
+    def of(cls, row: dict[str, Any], *, run_id: str, row_id: str, token_id: str, row_index: int,
+           parent_ids: tuple[str, ...] = (), branch: str | None = None) -> "TokenInfo":
+        """A token of our own making: its ``row`` checked (JSON types, no NaN, keys strings)
+        and kept as given, not copied."""
+        _check_row(row)
+        token = object.__new__(cls)
+        _set(token, run_id, row_id, token_id, row_index, parent_ids, branch, row)
+        return token
 
     def with_row(self, row: dict[str, Any]) -> "TokenInfo":
         """The same token carrying new data (checked: NaN etc. are rejected here)."""
         return TokenInfo.of(row, run_id=self.run_id, row_id=self.row_id, token_id=self.token_id,
                             row_index=self.row_index, parent_ids=self.parent_ids, branch=self.branch)
+
+    def replace(self, **changes: Any) -> "TokenInfo":
+        """A copy with some fields changed, every field checked again."""
+        return TokenInfo(**{**self.fields(), **changes})
+
+    def fields(self) -> dict[str, Any]:
+        """Its fields by name (not ``as_dict``: Beam takes an object with that for a schema Row)."""
+        return {name: getattr(self, name) for name in _FIELDS}
 
     def to_json_bytes(self) -> bytes:
         return _token_bytes(
@@ -122,7 +144,59 @@ class TokenInfo(BaseModel):
 
     @classmethod
     def from_json_bytes(cls, data: bytes) -> "TokenInfo":
-        return cls.model_validate_json(data)
+        """The token ``to_json_bytes`` wrote, every field checked (TokenError if it is not one)."""
+        try:
+            fields = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            fields = json.loads(data)  # integers beyond 64 bits (json raises for what is not JSON)
+        if not isinstance(fields, dict) or set(fields) - set(_FIELDS):
+            raise TokenError(f"not a token's JSON: {bytes(data[:80])!r}")
+        try:
+            return cls(**fields)
+        except TypeError as exc:  # a field missing
+            raise TokenError(f"not a token's JSON ({exc}): {bytes(data[:80])!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"a token is frozen: make a new one (with_row, replace) rather than set {name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("a token is frozen")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not TokenInfo:
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in _FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # its row is a dict
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore, tuple(getattr(self, n) for n in _FIELDS))
+
+    def __repr__(self) -> str:
+        return "TokenInfo(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in _FIELDS) + ")"
+
+
+_setters = [TokenInfo.__dict__[n].__set__ for n in _FIELDS]
+
+
+def _set(token: TokenInfo, *values: Any) -> None:
+    for setter, value in zip(_setters, values):
+        setter(token, value)
+
+
+def _restore(*values: Any) -> TokenInfo:
+    token = object.__new__(TokenInfo)
+    _set(token, *values)
+    return token
+
+
+def _check_row(row: Any) -> None:
+    if not isinstance(row, dict):
+        raise CanonicalizationError(f"a row must be an object (dict), not {type(row).__name__}")
+    for key, value in row.items():
+        if not isinstance(key, str):
+            raise CanonicalizationError(f"row has a non-string key {key!r}")
+        _check_json_native(value, key)
 
 
 class TokenInfoCoder(coders.Coder):
