@@ -42,6 +42,7 @@ from elspeth_beam.core import ids
 from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.core.chain import members_hash, raw_row
 from elspeth_beam.landscape import schema as s
+from elspeth_beam.landscape.store import fetch_tuples
 
 SUSPECTS_PER_READ = 2000  # tokens whose records one explaining read fetches (bounded parameter lists)
 
@@ -134,27 +135,6 @@ def _differs(recorded: Any, carried: Any) -> ColumnElement[bool]:
     return and_(carried.is_not(None), recorded.is_distinct_from(carried))
 
 
-def _fetch(conn: Connection, stmt: Any) -> Iterator[tuple]:
-    """Rows as plain tuples straight from the driver: building SQLAlchemy rows cost as much as
-    the queries themselves for the tens of thousands of members and checkpoints of a run.
-    Streamed, a few thousand at a time: a run's checkpoint rows all at once made verify's
-    memory grow with the run (+217 MB at 200 000 rows)."""
-    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    params: Any = compiled.construct_params()
-    if compiled.positional:
-        params = tuple(params[name] for name in compiled.positiontup or ())
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(str(compiled), params)
-        while chunk := cursor.fetchmany(_FETCH_ROWS):
-            yield from chunk
-    finally:
-        cursor.close()
-
-
-_FETCH_ROWS = 5000
-
-
 def _row_hash(token_json: str | None, hasher: Hasher) -> str | None:
     """The hash of a token's row from its recorded JSON (a checkpoint, an output)."""
     return hasher(json.loads(token_json)["row"]) if token_json else None
@@ -198,20 +178,20 @@ class _Rows:
     @classmethod
     def read(cls, conn: Connection, run_id: str, graph: RecordedGraph, batches: dict[str, _Batch], hasher: Hasher) -> _Rows:
         o, m, bo = s.token_outcomes, s.batch_members, s.batch_outputs
-        checkpoints = {(tid, node): _row_hash(token_json, hasher) for tid, node, token_json in _fetch(conn,
+        checkpoints = {(tid, node): _row_hash(token_json, hasher) for tid, node, token_json in fetch_tuples(conn,
             select(o.c.token_id, o.c.node_id, o.c.token_json)
             .where(o.c.run_id == run_id, o.c.outcome == "buffered", o.c.is_terminal == false())
         )}
         rows = cls(checkpoints, defaultdict(list), {}, {}, defaultdict(list), defaultdict(list), set())
         aggregations = set(graph.of("aggregation"))
-        for batch_id, tid, ordinal in _fetch(conn, select(m.c.batch_id, m.c.token_id, m.c.ordinal).where(m.c.run_id == run_id)):
+        for batch_id, tid, ordinal in fetch_tuples(conn, select(m.c.batch_id, m.c.token_id, m.c.ordinal).where(m.c.run_id == run_id)):
             node = batches.get(batch_id, _NO_BATCH).node_id
             if node not in aggregations:
                 rows.strays.add(tid)
                 continue
             rows.memberships[(tid, node)].append(batch_id)
             rows.members_of[batch_id].append((ordinal, checkpoints.get((tid, node))))
-        for batch_id, tid, ordinal, token_json in _fetch(conn,
+        for batch_id, tid, ordinal, token_json in fetch_tuples(conn,
             select(bo.c.batch_id, bo.c.token_id, bo.c.ordinal, bo.c.token_json).where(bo.c.run_id == run_id)
         ):
             digest = rows.outputs[(tid, batch_id)] = _row_hash(token_json, hasher)
@@ -292,7 +272,7 @@ class _SetChecks:
             .where(t.c.run_id == self.run_id, created.in_(self.sources),
                    or_(r.c.row_id.is_(None), x.c.state_id.is_(None), _differs(x.c.input_hash, r.c.source_data_hash)))
         )
-        self.suspects.update(tid for (tid,) in _fetch(self.conn, at_source))
+        self.suspects.update(tid for (tid,) in fetch_tuples(self.conn, at_source))
         start = _map(t.c.branch_name, self.graph.targets)
         to_state = and_(start.is_not(None), start.not_in(self.aggregations))
         flagged = and_(to_state, or_(x.c.state_id.is_(None), _differs(x.c.input_hash, ps.c.input_hash)))
@@ -303,7 +283,7 @@ class _SetChecks:
                          .outerjoin(x, and_(x.c.token_id == t.c.token_id, x.c.node_id == start)))
             .where(t.c.run_id == self.run_id, created.in_(self.gates), or_(flagged, start.in_(self.aggregations)))
         )
-        for tid, node, carried, bad in _fetch(self.conn, forked):
+        for tid, node, carried, bad in fetch_tuples(self.conn, forked):
             self._arrive(tid, node, carried, False, None, bad)
         start = _map(created, self.made)
         made = (  # an aggregation's output (or a token made at a node the graph lacks)
@@ -311,7 +291,7 @@ class _SetChecks:
             .select_from(t.outerjoin(x, and_(x.c.token_id == t.c.token_id, x.c.node_id == start)))
             .where(t.c.run_id == self.run_id, created.not_in(self.sources + self.gates))
         )
-        for tid, made_at, node, found, input_hash in _fetch(self.conn, made):
+        for tid, made_at, node, found, input_hash in fetch_tuples(self.conn, made):
             carried = self.rows.made.get((tid, made_at))
             self._arrive(tid, node, carried, found, input_hash, made_at not in self.aggregations or carried is None)
 
@@ -336,7 +316,7 @@ class _SetChecks:
                    or_(flagged, nxt.in_(self.aggregations), and_(raw, nxt.is_not(None))))
         )
         unparsed = []
-        for tid, node, carried_hash, found, input_hash, bad, from_raw in _fetch(self.conn, stmt):
+        for tid, node, carried_hash, found, input_hash, bad, from_raw in fetch_tuples(self.conn, stmt):
             if from_raw and not bad:
                 unparsed.append((tid, node, found, input_hash))
             else:
@@ -366,7 +346,7 @@ class _SetChecks:
             .where(p.c.run_id == self.run_id, p.c.token_id.is_not(None), self._routed(p),
                    or_(flagged, and_(single, target.in_(self.aggregations))))
         )
-        for tid, node, carried_hash, bad in _fetch(self.conn, stmt):
+        for tid, node, carried_hash, bad in fetch_tuples(self.conn, stmt):
             self._arrive(tid, node, carried_hash, False, None, bad)
 
     def _member_steps(self) -> None:
@@ -383,7 +363,7 @@ class _SetChecks:
                          .outerjoin(x, and_(x.c.token_id == m.c.token_id, x.c.node_id == nxt)))
             .where(m.c.run_id == self.run_id, self._current(b), nxt.is_not(None))
         )
-        for tid, batch_id, node, status, to, found, input_hash in _fetch(self.conn, stmt):
+        for tid, batch_id, node, status, to, found, input_hash in fetch_tuples(self.conn, stmt):
             carried = self.rows.outputs.get((tid, batch_id)) if status == "completed" else self.rows.checkpoints.get((tid, node))
             self._arrive(tid, to, carried, found, input_hash, carried is None)
 
@@ -404,7 +384,7 @@ class _SetChecks:
                 records = records.outerjoin(sent, and_(sent.c.token_id == token, sent.c.node == node))
             stmt = select(token).select_from(records).where(
                 run == self.run_id, token.is_not(None), or_(wrong, ~self._reached(t, token, node, sent)))
-            self.suspects.update(tid for (tid,) in _fetch(self.conn, stmt))
+            self.suspects.update(tid for (tid,) in fetch_tuples(self.conn, stmt))
 
     def _balanced(self) -> bool:
         """The census: every node holds as many records as arrivals lead to it (from the tokens'
@@ -417,12 +397,12 @@ class _SetChecks:
         t, p, r = s.tokens, s.node_states, s.routing_events
         arrivals: Counter[str | None] = Counter()
         records: Counter[str | None] = Counter()
-        for created, branch, n in _fetch(self.conn, select(t.c.created_at_node, t.c.branch_name, func.count())
+        for created, branch, n in fetch_tuples(self.conn, select(t.c.created_at_node, t.c.branch_name, func.count())
                                          .where(t.c.run_id == self.run_id).group_by(t.c.created_at_node, t.c.branch_name)):
             arrivals[self._start_of(created, branch)] += n
         states = (select(p.c.node_id, p.c.status, func.count())
                   .where(p.c.run_id == self.run_id, p.c.token_id.is_not(None)).group_by(p.c.node_id, p.c.status))
-        for node, status, n in _fetch(self.conn, states):
+        for node, status, n in fetch_tuples(self.conn, states):
             records[node] += n
             if status != "completed":
                 arrivals[self.errors.get(node)] += n
@@ -430,7 +410,7 @@ class _SetChecks:
                 arrivals[self.steps.get(node)] += n
         routed = (select(r.c.destination, func.count()).select_from(r.join(p, p.c.state_id == r.c.state_id))
                   .where(r.c.run_id == self.run_id, self._routed(p), self._single_route(r)).group_by(r.c.destination))
-        for destination, n in _fetch(self.conn, routed):
+        for destination, n in fetch_tuples(self.conn, routed):
             arrivals[self.graph.targets.get(destination)] += n
         for (_, node), batch_ids in self.rows.memberships.items():
             records[node] += 1
@@ -485,7 +465,7 @@ class _SetChecks:
         stmt = (select(o.c.token_id).select_from(o.outerjoin(t, t.c.token_id == o.c.token_id))
                 .where(o.c.run_id == self.run_id, t.c.token_id.is_(None),
                        or_(o.c.is_terminal == true(), o.c.outcome == "buffered")))
-        self.suspects.update(tid for (tid,) in _fetch(self.conn, stmt))
+        self.suspects.update(tid for (tid,) in fetch_tuples(self.conn, stmt))
 
     # -- Python's part: arrivals at aggregations, hashes of rows
 

@@ -7,11 +7,12 @@ It owns the engine, the schema's creation and version check, and a run's own rec
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, Select, Table, create_engine, event, inspect, select, update
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from elspeth_beam.core.enums import RunStatus
@@ -240,6 +241,36 @@ def run_rows(table: Table, run_id: str) -> Select:
         stmt = stmt.where(table.c.token_id.in_(select(s.tokens.c.token_id).where(s.tokens.c.run_id == run_id)))
     return stmt.order_by(*table.primary_key.columns)
 
+
+
+def fetch_tuples(conn: Connection, stmt: Select, batch: int = 5000) -> Iterator[tuple]:
+    """A query's rows as plain tuples straight from the driver, streamed ``batch`` at a time:
+    building SQLAlchemy rows cost as much as the queries themselves over a run's hundreds of
+    thousands of records (verify, digest), and a whole run's rows at once made memory grow
+    with the run. Values are SQLAlchemy's (its result processors applied, e.g. SQLite's 0/1
+    as booleans), so a hash of them is the same either way."""
+    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    params: Any = compiled.construct_params()
+    if compiled.positional:
+        params = tuple(params[name] for name in compiled.positiontup or ())
+    processors = [(i, p) for i, c in enumerate(stmt.selected_columns)
+                  if (p := c.type.result_processor(conn.dialect, None)) is not None]
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(str(compiled), params)
+        while chunk := cursor.fetchmany(batch):
+            if processors:
+                chunk = [_processed(row, processors) for row in chunk]
+            yield from chunk
+    finally:
+        cursor.close()
+
+
+def _processed(row: tuple, processors: list[tuple[int, Any]]) -> tuple:
+    values = list(row)
+    for i, process in processors:
+        values[i] = process(values[i])
+    return tuple(values)
 
 RUN_TABLES: tuple[Table, ...] = tuple(t for t in s.metadata.sorted_tables if t not in (s.landscape_schema, s.audit_segments))
 """Every table that holds a run's records (not the schema-version marker, nor the ledger of
