@@ -1,4 +1,4 @@
-"""In-memory stand-ins for Beam's bag, combining, value state and timers, for driving an
+"""In-memory stand-ins for Beam's bag and value state and its timers, for driving an
 AggregationDoFn directly (restore and crash/resume tests)."""
 
 from __future__ import annotations
@@ -19,20 +19,6 @@ class FakeBag:
 
     def clear(self) -> None:
         self.items = []
-
-
-class FakeCount:
-    def __init__(self, n: int = 0) -> None:
-        self.n = n
-
-    def read(self) -> int:
-        return self.n
-
-    def add(self, k: int) -> None:
-        self.n += k
-
-    def clear(self) -> None:
-        self.n = 0
 
 
 class FakeValue:

@@ -43,7 +43,7 @@ from elspeth_beam.pipeline.aggregation import AggregationDoFn, group_key
 from elspeth_beam.pipeline.audit import AUDIT_TAG, NodeContext
 from elspeth_beam.resume import plan_restore
 
-from fake_state import FakeBag, FakeCount, FakeTimer, FakeValue
+from fake_state import FakeBag, FakeTimer, FakeValue
 
 RUN = "run-machine"
 SOURCE = "source:source"
@@ -60,11 +60,11 @@ class KeyBeamState:
     """One key's Beam state and timers (lost when the process dies)."""
 
     def __init__(self) -> None:
-        self.tokens, self.count, self.sequence, self.deadline = FakeBag(), FakeCount(), FakeValue(), FakeValue()
+        self.tokens, self.position, self.deadline = FakeBag(), FakeValue(), FakeValue()
         self.end_timer, self.timeout_timer = FakeTimer(), FakeTimer()
 
     def state_params(self) -> dict[str, Any]:
-        return dict(tokens=self.tokens, count=self.count, sequence=self.sequence, deadline=self.deadline,
+        return dict(tokens=self.tokens, position=self.position, deadline=self.deadline,
                     timeout_timer=self.timeout_timer)
 
 

@@ -46,7 +46,7 @@ from elspeth_beam.pipeline.aggregation import AggregationDoFn, KeyState
 from elspeth_beam.pipeline.audit import AUDIT_TAG, NodeContext
 from elspeth_beam.pipeline.restore import RestoredStateError
 
-from fake_state import FakeBag, FakeCount, FakeTimer, FakeValue
+from fake_state import FakeBag, FakeTimer, FakeValue
 from resume_helpers import REPO, TESTS_DIR, cli, read_jsonl, sql, write_jsonl, write_yaml
 
 RUN = "run-restore-test"
@@ -250,7 +250,7 @@ def test_corrupt_restored_members_are_refused_clearly(kind: str, mode: str) -> N
 
 
 def key_state(bag: list[Any], count: int, seq: int = SEQ) -> KeyState:
-    return KeyState(KEY, FakeBag(bag), FakeCount(count), FakeValue(seq), FakeValue(), FakeTimer())
+    return KeyState(KEY, FakeBag(bag), FakeValue((seq, count)), FakeValue(), FakeTimer())
 
 
 @pytest.mark.parametrize("bag_size,count", [(3, 5), (3, 2), (0, 2)])
@@ -286,14 +286,14 @@ def test_flush_through_fake_state_equals_direct_flush_and_advances_sequence() ->
     direct_out, direct_events = flush("single", members())
     assert outputs == direct_out
     assert [stable(e) for e in events] == [stable(e) for e in direct_events]
-    assert state.tokens.items == [] and state.count.n == 0 and state.sequence.value == SEQ + 1
+    assert state.tokens.items == [] and state.position.value == (SEQ + 1, 0)
 
 
 def test_empty_state_flushes_nothing() -> None:
     dofn = fresh_dofn("single")
     state = key_state([], 0)
     assert list(dofn._flush(state, TriggerType.END_OF_SOURCE, "end of source")) == []
-    assert len(dofn._audit) == 0 and state.sequence.value == SEQ
+    assert len(dofn._audit) == 0 and state.position.value == (SEQ, 0)
 
 
 # ---- resume re-diverts a failed flush's members (README "Crash and resume") ---------------------

@@ -1,7 +1,8 @@
 """Aggregation node: a keyed stateful DoFn whose every flush is an audited transform boundary.
 
 State per key: a BagState of full ``TokenInfo`` (deterministic coder — a runner checkpoint
-restores whole tokens), a count, the batch sequence number and the timeout deadline.
+restores whole tokens), the position (the open batch's sequence number and its member count, one
+cell: Beam's state cache walks every cell it caches to size it) and the timeout deadline.
 Triggers: ``count`` (in ``process``), ``end_of_source`` (event-time timer at the window end —
 after the last element of a bounded source) and ``timeout`` (processing-time timer from the
 batch's first accept, so a quiet key is flushed even when no further row arrives).
@@ -19,12 +20,10 @@ from dataclasses import dataclass
 from typing import Any, Tuple
 
 import apache_beam as beam
-from apache_beam.coders import FloatCoder, VarIntCoder
-from apache_beam.transforms.combiners import CountCombineFn
+from apache_beam.coders import FloatCoder, TupleCoder, VarIntCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (
     BagStateSpec,
-    CombiningValueStateSpec,
     ReadModifyWriteStateSpec,
     TimerSpec,
     on_timer,
@@ -68,16 +67,14 @@ class KeyState:
 
     key: str
     tokens: Any
-    count: Any
-    sequence: Any
+    position: Any  # (sequence, members counted); None before the key's first element
     deadline: Any
     timeout_timer: Any
 
 
 class AggregationDoFn(AuditedDoFn):
     TOKENS = BagStateSpec("tokens", TokenInfoCoder())
-    COUNT = CombiningValueStateSpec("count", CountCombineFn())
-    SEQUENCE = ReadModifyWriteStateSpec("sequence", VarIntCoder())
+    POSITION = ReadModifyWriteStateSpec("position", TupleCoder([VarIntCoder(), VarIntCoder()]))
     DEADLINE = ReadModifyWriteStateSpec("deadline", FloatCoder())
     END_OF_SOURCE = TimerSpec("end_of_source", TimeDomain.WATERMARK)
     TIMEOUT = TimerSpec("timeout", TimeDomain.REAL_TIME)
@@ -111,16 +108,15 @@ class AggregationDoFn(AuditedDoFn):
         element: Tuple[str, TokenInfo],
         window=beam.DoFn.WindowParam,
         tokens=beam.DoFn.StateParam(TOKENS),
-        count=beam.DoFn.StateParam(COUNT),
-        sequence=beam.DoFn.StateParam(SEQUENCE),
+        position=beam.DoFn.StateParam(POSITION),
         deadline=beam.DoFn.StateParam(DEADLINE),
         end_timer=beam.DoFn.TimerParam(END_OF_SOURCE),
         timeout_timer=beam.DoFn.TimerParam(TIMEOUT),
     ) -> Iterator[Any]:
         key, token = element
-        state = KeyState(key, tokens, count, sequence, deadline, timeout_timer)
-        if sequence.read() is None:  # first sight of this key in this pipeline
-            sequence.write(self.restore.next_sequence.get(key, 0))
+        state = KeyState(key, tokens, position, deadline, timeout_timer)
+        if position.read() is None:  # first sight of this key in this pipeline
+            position.write((self.restore.next_sequence.get(key, 0), 0))
             retry = self.restore.retries.get(key)
             for member in retry.members if retry else ():
                 yield from self._accept(state, member, window, end_timer)
@@ -130,9 +126,8 @@ class AggregationDoFn(AuditedDoFn):
 
     def _accept(self, state: KeyState, token: TokenInfo, window: Any, end_timer: Any) -> Iterator[Any]:
         state.tokens.add(token)
-        state.count.add(1)
-        ordinal = state.count.read() - 1
-        seq = state.sequence.read()
+        seq, ordinal = state.position.read()
+        state.position.write((seq, ordinal + 1))
         batch_id = self._batch_id(state.key, seq)
         if ordinal == 0:
             attempt, retry_of = self.restore.attempt(state.key, seq)
@@ -159,12 +154,11 @@ class AggregationDoFn(AuditedDoFn):
         self,
         key=beam.DoFn.KeyParam,
         tokens=beam.DoFn.StateParam(TOKENS),
-        count=beam.DoFn.StateParam(COUNT),
-        sequence=beam.DoFn.StateParam(SEQUENCE),
+        position=beam.DoFn.StateParam(POSITION),
         deadline=beam.DoFn.StateParam(DEADLINE),
         timeout_timer=beam.DoFn.TimerParam(TIMEOUT),
     ) -> Iterator[Any]:
-        state = KeyState(key, tokens, count, sequence, deadline, timeout_timer)
+        state = KeyState(key, tokens, position, deadline, timeout_timer)
         yield from self._flush(state, TriggerType.END_OF_SOURCE, "end of source")
 
     @on_timer(TIMEOUT)
@@ -172,8 +166,7 @@ class AggregationDoFn(AuditedDoFn):
         self,
         key=beam.DoFn.KeyParam,
         tokens=beam.DoFn.StateParam(TOKENS),
-        count=beam.DoFn.StateParam(COUNT),
-        sequence=beam.DoFn.StateParam(SEQUENCE),
+        position=beam.DoFn.StateParam(POSITION),
         deadline=beam.DoFn.StateParam(DEADLINE),
         timeout_timer=beam.DoFn.TimerParam(TIMEOUT),
     ) -> Iterator[Any]:
@@ -183,7 +176,7 @@ class AggregationDoFn(AuditedDoFn):
         # here would loop: the runner's clock is already past the time it would be set for.)
         if due is None or self.clock() < due:
             return
-        state = KeyState(key, tokens, count, sequence, deadline, timeout_timer)
+        state = KeyState(key, tokens, position, deadline, timeout_timer)
         yield from self._flush(state, TriggerType.TIMEOUT, f"timeout {self.settings.trigger.timeout_seconds:g}s")
 
     # ---- flush ----------------------------------------------------------------------------
@@ -198,10 +191,8 @@ class AggregationDoFn(AuditedDoFn):
 
     def _flush(self, state: KeyState, trigger: TriggerType, reason: str) -> Iterator[Any]:
         members: list[TokenInfo] = list(state.tokens.read())
-        counted = state.count.read()
-        seq = state.sequence.read() or 0
+        seq, counted = state.position.read() or (0, 0)
         state.tokens.clear()
-        state.count.clear()
         if self.timeout is not None:  # untouched otherwise: each state commit costs Beam's cache a deep-size walk
             state.deadline.clear()
             state.timeout_timer.clear()
@@ -213,7 +204,7 @@ class AggregationDoFn(AuditedDoFn):
                 f"says {counted} member(s) but the token bag holds {len(members)}; the restored state is inconsistent. "
                 "Discard the runner checkpoint and run `elspeth-beam resume` from the Landscape instead."
             )
-        state.sequence.write(seq + 1)
+        state.position.write((seq + 1, 0))
         yield from self.flush_batch(state.key, seq, members, trigger, reason)
 
     def flush_batch(self, key: str, seq: int, members: list[TokenInfo], trigger: TriggerType, reason: str) -> Iterator[Any]:
