@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import orjson
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,7 @@ class TokenError(ElspethError, ValueError):
     checkpoint or a decoded element that was not written by elspeth_beam."""
 
 
+_LONG_DIGITS = re.compile(rb"\d{19}")  # maybe an integer orjson cannot keep exact
 _FIELDS = ("run_id", "row_id", "token_id", "row_index", "parent_ids", "branch", "row")
 _TEXT = ("run_id", "row_id", "token_id")
 
@@ -145,10 +147,8 @@ class TokenInfo:
     @classmethod
     def from_json_bytes(cls, data: bytes) -> "TokenInfo":
         """The token ``to_json_bytes`` wrote, every field checked (TokenError if it is not one)."""
-        try:
-            fields = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            fields = json.loads(data)  # integers beyond 64 bits (json raises for what is not JSON)
+        # orjson reads an integer beyond 64 bits as a float; such a literal has 19 digits or more
+        fields = json.loads(data) if _LONG_DIGITS.search(data) else orjson.loads(data)
         if not isinstance(fields, dict) or set(fields) - set(_FIELDS):
             raise TokenError(f"not a token's JSON: {bytes(data[:80])!r}")
         try:
