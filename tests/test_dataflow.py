@@ -50,5 +50,5 @@ def test_aggregation_pipeline_translates_for_dataflow(tmp_path):
     assert len(stateful) == 2
     for t in stateful:
         payload = beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload)
-        assert set(payload.state_specs) == {"tokens", "count", "sequence", "deadline"}
+        assert set(payload.state_specs) == {"tokens", "position", "deadline"}
         assert set(payload.timer_family_specs) == {"ts-end_of_source", "ts-timeout"}  # Beam prefixes timer ids
