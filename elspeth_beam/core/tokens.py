@@ -96,7 +96,7 @@ class TokenInfo:
     def __init__(self, *, run_id: str, row_id: str, token_id: str, row_index: int,
                  parent_ids: tuple[str, ...] | list[str] = (), branch: str | None = None,
                  row: dict[str, JSONValue]) -> None:
-        for name, value in (("run_id", run_id), ("row_id", row_id), ("token_id", token_id)):
+        for name, value in zip(_TEXT, (run_id, row_id, token_id)):
             if type(value) is not str:
                 raise TokenError(f"a token's {name} must be a string, not {type(value).__name__}")
         if type(row_index) is not int:
