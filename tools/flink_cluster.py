@@ -1,0 +1,222 @@
+"""A standalone Flink 1.19 session cluster on this machine, from the registries only.
+
+    python tools/flink_cluster.py start [--taskmanagers 2] [--slots 1]   # idempotent
+    python tools/flink_cluster.py status | stop | kill-taskmanager N | start-taskmanager N
+
+Flink's distribution is not on Maven or PyPI as such, but PyPI's ``apache-flink-libraries``
+sdist carries its ``lib/`` (flink-dist and the rest) and ``bin/bash-java-utils.jar``, without the
+start scripts. This does what those scripts do: one JobManager JVM
+(``StandaloneSessionClusterEntrypoint``) and N TaskManager JVMs (``TaskManagerRunner``), each
+started with the JVM flags and ``-D`` memory settings that ``BashJavaUtils`` computes from the
+configuration, as ``taskmanager.sh`` does (without them a TaskManager refuses to start:
+"taskmanager.cpu.cores ... is not set"). State (config, logs, pid files) is under
+``$ELSPETH_CACHE/flink/cluster`` (default ``~/.cache/elspeth_beam``); the REST API is on
+``localhost:REST_PORT``. A test harness, not part of a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+
+FLINK_VERSION = "1.19.3"
+REST_PORT = int(os.environ.get("ELSPETH_FLINK_REST_PORT", "8081"))
+CACHE = Path(os.environ.get("ELSPETH_CACHE", Path.home() / ".cache" / "elspeth_beam")) / "flink"
+DIST = CACHE / f"flink-{FLINK_VERSION}"
+CLUSTER = CACHE / "cluster"
+
+CONF = """\
+jobmanager.rpc.address: localhost
+jobmanager.rpc.port: 6123
+jobmanager.bind-host: localhost
+jobmanager.memory.process.size: 1024m
+taskmanager.bind-host: localhost
+taskmanager.host: localhost
+taskmanager.memory.process.size: 1536m
+taskmanager.numberOfTaskSlots: {slots}
+parallelism.default: 1
+rest.port: {rest_port}
+rest.address: localhost
+rest.bind-address: localhost
+restart-strategy.type: fixed-delay
+restart-strategy.fixed-delay.attempts: 10
+restart-strategy.fixed-delay.delay: 2 s
+heartbeat.timeout: 10000
+heartbeat.interval: 2000
+io.tmp.dirs: {tmp}
+"""
+LOG4J = """\
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = MainAppender
+appender.main.name = MainAppender
+appender.main.type = File
+appender.main.fileName = ${sys:log.file}
+appender.main.layout.type = PatternLayout
+appender.main.layout.pattern = %d{yyyy-MM-dd HH:mm:ss,SSS} %-5p %-60c %x - %m%n
+"""
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def ensure_dist() -> Path:
+    """Flink's lib/ and bin/ from PyPI's apache-flink-libraries sdist, fetched once by pip."""
+    if (DIST / "lib" / f"flink-dist-{FLINK_VERSION}.jar").is_file():
+        return DIST
+    CACHE.mkdir(parents=True, exist_ok=True)
+    sdist = CACHE / f"apache-flink-libraries-{FLINK_VERSION}.tar.gz"
+    if not sdist.is_file():
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                        f"apache-flink-libraries=={FLINK_VERSION}", "-d", str(CACHE)], check=True)
+    prefix = f"apache-flink-libraries-{FLINK_VERSION}/deps/"
+    staging = DIST.with_suffix(".partial")
+    with tarfile.open(sdist) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(prefix + "lib/") or m.name.startswith(prefix + "bin/")]
+        for member in members:
+            member.name = member.name[len(prefix):]
+        tar.extractall(staging, members=members, filter="data")
+    staging.rename(DIST)
+    return DIST
+
+
+def _classpath() -> str:
+    return ":".join(str(p) for p in sorted((DIST / "lib").glob("*.jar")))
+
+
+def _write_conf(slots: int) -> Path:
+    conf = CLUSTER / "conf"
+    conf.mkdir(parents=True, exist_ok=True)
+    (CLUSTER / "tmp").mkdir(exist_ok=True)
+    (CLUSTER / "log").mkdir(exist_ok=True)
+    (conf / "flink-conf.yaml").write_text(CONF.format(slots=slots, rest_port=REST_PORT, tmp=CLUSTER / "tmp"))
+    (conf / "log4j.properties").write_text(LOG4J)
+    return conf
+
+
+def _resource_params(command: str, conf: Path) -> tuple[list[str], list[str]]:
+    """JVM flags and -D settings as Flink's scripts compute them (BashJavaUtils)."""
+    out = subprocess.run(
+        ["java", "-classpath", f"{DIST / 'bin' / 'bash-java-utils.jar'}:{_classpath()}",
+         "org.apache.flink.runtime.util.bash.BashJavaUtils", command, "--configDir", str(conf)],
+        capture_output=True, text=True, check=True).stdout.splitlines()
+    marker = "BASH_JAVA_UTILS_EXEC_RESULT:"
+    result = [line[len(marker):] for line in out if line.startswith(marker)]
+    jvm = result[0].split()
+    dynamic = result[1].split() if len(result) > 1 else []
+    return jvm, dynamic
+
+
+def _launch(name: str, main: str, jvm: list[str], args: list[str], conf: Path) -> int:
+    log = CLUSTER / "log" / f"{name}.log"
+    cmd = ["java", *jvm, f"-Dlog.file={log}", f"-Dlog4j.configurationFile=file:{conf / 'log4j.properties'}",
+           "-classpath", _classpath(), main, "--configDir", str(conf), *args]
+    with (CLUSTER / "log" / f"{name}.out").open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    (CLUSTER / f"{name}.pid").write_text(str(proc.pid))
+    return proc.pid
+
+
+def _alive(name: str) -> int | None:
+    pid_file = CLUSTER / f"{name}.pid"
+    if not pid_file.is_file():
+        return None
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.is_file() and stat.read_text().split()[2] == "Z":
+        return None
+    return pid
+
+
+def overview() -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://localhost:{REST_PORT}/overview", timeout=2) as response:
+            return json.load(response)
+    except OSError:
+        return None
+
+
+def _wait(condition, what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}; logs in {CLUSTER / 'log'}")
+
+
+def start_taskmanager(index: int) -> int:
+    conf = CLUSTER / "conf"
+    jvm, dynamic = _resource_params("GET_TM_RESOURCE_PARAMS", conf)
+    return _launch(f"taskmanager-{index}", "org.apache.flink.runtime.taskexecutor.TaskManagerRunner",
+                   jvm, dynamic, conf)
+
+
+def start(taskmanagers: int = 2, slots: int = 1) -> dict:
+    """Start the cluster unless it runs; return its REST overview once every slot is there."""
+    ensure_dist()
+    if _alive("jobmanager") and (view := overview()) and view["taskmanagers"] >= taskmanagers:
+        return view
+    stop()
+    conf = _write_conf(slots)
+    jvm, dynamic = _resource_params("GET_JM_RESOURCE_PARAMS", conf)
+    _launch("jobmanager", "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint", jvm, dynamic, conf)
+    _wait(lambda: overview() is not None, "the JobManager's REST API")
+    for index in range(taskmanagers):
+        start_taskmanager(index)
+    _wait(lambda: (overview() or {}).get("slots-total", 0) >= taskmanagers * slots, f"{taskmanagers} TaskManagers")
+    return overview() or {}
+
+
+def kill(name: str, sig: int = signal.SIGKILL) -> int | None:
+    pid = _alive(name)
+    if pid is not None:
+        os.killpg(pid, sig)
+    return pid
+
+
+def stop() -> None:
+    for pid_file in sorted(CLUSTER.glob("*.pid")) if CLUSTER.is_dir() else ():
+        kill(pid_file.stem)
+        pid_file.unlink()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("start", help="start the cluster (no-op if it runs)")
+    up.add_argument("--taskmanagers", type=int, default=2)
+    up.add_argument("--slots", type=int, default=1, help="task slots per TaskManager")
+    sub.add_parser("status", help="print the REST overview")
+    sub.add_parser("stop", help="kill every process of the cluster")
+    for verb in ("kill-taskmanager", "start-taskmanager"):
+        sub.add_parser(verb).add_argument("index", type=int)
+    args = parser.parse_args(argv)
+    if args.command == "start":
+        print(json.dumps(start(args.taskmanagers, args.slots)))
+    elif args.command == "status":
+        print(json.dumps(overview()))
+    elif args.command == "stop":
+        stop()
+    elif args.command == "kill-taskmanager":
+        print(kill(f"taskmanager-{args.index}"))
+    else:
+        print(start_taskmanager(args.index))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
