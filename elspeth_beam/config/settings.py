@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, StringConstraints, model_validator
 
 from elspeth_beam.landscape.store import DEFAULT_URL
+from elspeth_beam.plugins.splits import DEFAULT_SPLIT_BYTES
 
 NodeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")]
 ON_ERROR_HELP = "a sink name, 'quarantine' (record and set aside) or 'fail' (record as failed)"
@@ -22,6 +23,9 @@ class SourceSettings(_Model):
     on_success: str
     on_validation_failure: str = "quarantine"
     options: dict[str, Any] = {}
+    split_bytes: int = Field(DEFAULT_SPLIT_BYTES, ge=1, description=(
+        "read the source in parts of about this many bytes, in parallel where the runner has "
+        "workers; rows keep their indexes however it is split"))
 
 
 class TransformSettings(_Model):

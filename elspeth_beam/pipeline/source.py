@@ -24,6 +24,7 @@ from elspeth_beam.core.tokens import TokenInfo
 from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag, remember_hash, row_hash
 from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import SourcePlugin, SourceRecord
+from elspeth_beam.plugins.splits import SourceSplit
 
 
 _encode_raw = json.JSONEncoder().encode
@@ -55,8 +56,8 @@ class SourceDoFn(AuditedDoFn):
         self.plugin = registry.build(SourcePlugin, self.settings.plugin, self.settings.options)
         self.fault_check = faults.after_source_row if faults.armed() else None  # not an env lookup per row
 
-    def process(self, _: Any) -> Iterator[Any]:
-        for produced, record in enumerate(self.plugin.read(), start=1):
+    def process(self, split: SourceSplit) -> Iterator[Any]:
+        for produced, record in enumerate(self.plugin.read_split(split), start=1):
             if record.index not in self.settled_rows:
                 yield from self._one(record)
                 yield from self.audit_if_full()
@@ -96,9 +97,25 @@ class SourceDoFn(AuditedDoFn):
             yield from self.divert(raw_token, step.error)
 
 
+class PlanSplitsFn(beam.DoFn):
+    """The source's splits, planned on a worker (it reads the files; the driver may not see them)."""
+
+    def __init__(self, settings: SourceSettings) -> None:
+        self.settings = settings
+
+    def setup(self) -> None:
+        self.plugin = registry.build(SourcePlugin, self.settings.plugin, self.settings.options)
+
+    def process(self, _: Any) -> Iterator[SourceSplit]:
+        yield from self.plugin.splits(self.settings.split_bytes)
+
+
 class ReadSource(beam.PTransform):
-    """Reads the whole file in one DoFn call: files are not splittable here, and reading
-    inside the pipeline avoids materialising every row in the graph (Create is slow)."""
+    """Plan the source's splits, spread them over the workers, read each where it lands.
+
+    The reshuffle is what makes the pipeline parallel from the source on: without it a runner
+    fuses the read, and every stateless node after it, into the one task that planned. Rows
+    keep their indexes however the source is split (``plugins/splits.py``)."""
 
     def __init__(self, ctx: NodeContext, settings: SourceSettings, tags: list[str],
                  settled_rows: frozenset[int] = frozenset()) -> None:
@@ -109,5 +126,7 @@ class ReadSource(beam.PTransform):
         return (
             pbegin
             | "Start" >> beam.Create([None])
+            | "Plan" >> beam.ParDo(PlanSplitsFn(self.settings))
+            | "Spread" >> beam.Reshuffle()
             | "Read" >> beam.ParDo(SourceDoFn(self.ctx, self.settings, self.settled_rows)).with_outputs(*self.tags)
         )

@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from elspeth_beam.plugins.splits import SourceSplit
+
 
 class PluginOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -36,8 +38,18 @@ class SourceRecord:
 
 
 class SourcePlugin(Plugin):
+    """Yields every record of the source, each with its index (the row's identity)."""
+
     def read(self) -> Iterator[SourceRecord]:
         raise NotImplementedError
+
+    def splits(self, target_bytes: int) -> list[SourceSplit]:
+        """Parts of about ``target_bytes`` that workers read in parallel, each knowing its first
+        record's index (``plugins/splits.py``). By default the whole source is one."""
+        return [SourceSplit("")]
+
+    def read_split(self, split: SourceSplit) -> Iterator[SourceRecord]:
+        return self.read()
 
 
 class TransformPlugin(Plugin):

@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,6 +25,7 @@ from pydantic import Field, field_validator
 from elspeth_beam.core.errors import PluginError, RowError
 from elspeth_beam.plugins.base import PluginOptions, SourcePlugin, SourceRecord
 from elspeth_beam.plugins.coercion import check_json_values, check_type_name, coerce_row
+from elspeth_beam.plugins.splits import SourceSplit, ascii_compatible, open_window, plan_lines, source_files
 
 # Bytes the decoder could not read survive as these (errors="surrogateescape"): 0xDC00 + the byte.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
@@ -58,17 +59,56 @@ class TextSourceOptions(FileSourceOptions):
 
 
 class _FileSource(SourcePlugin):
+    """A source over one file or a glob of files (read in path order, indexes running on).
+    Subclasses read a split (``_read``) and may plan splits of a file (``_plan``)."""
+
     Options = FileSourceOptions
     options: FileSourceOptions
 
     def preflight(self) -> None:
-        self._open_path()
+        self.files()
 
-    def _open_path(self) -> Path:
-        path = Path(self.options.path)
-        if not path.is_file():
-            raise PluginError(f"source file {str(path)!r} does not exist (relative paths are from {Path.cwd()})")
-        return path
+    def files(self) -> list[str]:
+        """The files the source reads; refuses a missing file or a pattern matching none."""
+        files = source_files(self.options.path)
+        if not files:
+            raise PluginError(f"source pattern {self.options.path!r} matches no file (relative paths are from {Path.cwd()})")
+        for path in files:
+            if not Path(path).is_file():
+                raise PluginError(f"source file {path!r} does not exist (relative paths are from {Path.cwd()})")
+        return files
+
+    def read(self) -> Iterator[SourceRecord]:
+        index = 0
+        for path in self.files():
+            for record in self._read(SourceSplit(path, first_index=index)):
+                index = record.index + 1
+                yield record
+
+    def splits(self, target_bytes: int) -> list[SourceSplit]:
+        """Each file's splits, planned where records start (``plugins/splits.py``); a file that
+        cannot be cut exactly is one split, its records counted by reading it."""
+        splits: list[SourceSplit] = []
+        index = 0
+        for path in self.files():
+            planned = self._plan(path, target_bytes, index)
+            if planned is None:
+                whole = SourceSplit(path, first_index=index)
+                index += sum(1 for _ in self._read(whole))
+                splits.append(whole)
+            else:
+                file_splits, index = planned
+                splits.extend(file_splits)
+        return splits
+
+    def read_split(self, split: SourceSplit) -> Iterator[SourceRecord]:
+        return self._read(split)
+
+    def _read(self, split: SourceSplit) -> Iterator[SourceRecord]:
+        raise NotImplementedError
+
+    def _plan(self, path: str, target_bytes: int, first_index: int) -> tuple[list[SourceSplit], int] | None:
+        return None
 
     def _record(self, index: int, raw: str, row: dict[str, Any]) -> SourceRecord:
         try:
@@ -83,13 +123,13 @@ class _FileSource(SourcePlugin):
         """Values as parsed may have no canonical form (NaN); say which, in one line."""
         check_json_values(row)
 
-    def _refuse_repeated(self, names: list[str]) -> None:
+    def _refuse_repeated(self, names: list[str], path: str) -> None:
         """A repeated column name would keep only one of its values: refuse the file."""
         repeated = [name for name, count in Counter(names).items() if count > 1]
         if repeated:
             first, second = [i + 1 for i, name in enumerate(names) if name == repeated[0]][:2]
             raise PluginError(
-                f"source file {self.options.path!r} repeats column {repeated[0]!r} "
+                f"source file {path!r} repeats column {repeated[0]!r} "
                 f"(columns {first} and {second}); rename one so neither column's values are lost"
             )
 
@@ -98,9 +138,12 @@ class _TextSource(_FileSource):
     Options = TextSourceOptions
     options: TextSourceOptions
 
-    def _open_text(self, newline: str | None) -> TextIO:
+    def _open_text(self, split: SourceSplit, newline: str | None) -> TextIO:
         """Undecodable bytes are kept as escapes, so they fail only the record they are in."""
-        return self._open_path().open(encoding=self.options.encoding, errors="surrogateescape", newline=newline)
+        return open_window(split, self.options.encoding, newline)
+
+    def _splittable(self) -> bool:
+        return ascii_compatible(self.options.encoding)
 
     def _undecodable(self, text: str, first_line: int) -> str | None:
         """Why ``text`` (starting at line ``first_line``) cannot be decoded, or None if it can."""
@@ -128,10 +171,10 @@ class _LineTape:
     """The file's lines as the csv reader takes them, kept until its record is done, so each
     record has its raw text and its first line number. Strips a byte order mark."""
 
-    def __init__(self, lines: Iterable[str]) -> None:
+    def __init__(self, lines: Iterable[str], count: int = 0) -> None:
         self._lines = iter(lines)
         self._taken: list[str] = []
-        self.count = 0  # lines taken so far
+        self.count = count  # lines taken so far (a split starts past the lines before it)
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -180,6 +223,24 @@ def _csv_state(text: str, delimiter: str, state: int = _START) -> int:
     return state
 
 
+def _csv_record_ends(delimiter: str) -> Callable[[bytes], bool]:
+    """For planning: whether a record ends with each line, in order (not inside a quoted
+    field). Only a line with a quote, or one inside a quoted field, is looked at closely."""
+    state = _START
+
+    def record_end(line: bytes) -> bool:
+        nonlocal state
+        if state != _QUOTED and b'"' not in line:
+            return True
+        state = _csv_state(line.decode("latin-1"), delimiter, state)  # the ASCII bytes are what counts
+        if state == _QUOTED:
+            return False
+        state = _START
+        return True
+
+    return record_end
+
+
 class CsvSource(_TextSource):
     """CSV with a header row. A line with the wrong number of fields is malformed."""
 
@@ -188,21 +249,27 @@ class CsvSource(_TextSource):
     options: CsvSourceOptions
 
     def preflight(self) -> None:
-        self.header()
+        for path in self.files():
+            self.header(path)
 
-    def header(self) -> list[str] | None:
-        """The column names as ``read`` sees them (no byte order mark); None for an empty file.
-        A header that cannot be decoded or repeats a name refuses the file (PluginError)."""
-        with self._open_text(newline="") as handle:
+    def header(self, path: str | None = None) -> list[str] | None:
+        """The column names of ``path`` (default: the first file) as ``read`` sees them (no byte
+        order mark); None for an empty file. A header that cannot be decoded or repeats a name
+        refuses the file (PluginError)."""
+        path = path or self.files()[0]
+        with self._open_text(SourceSplit(path), newline="") as handle:
             tape = _LineTape(handle)
-            return self._header(csv.reader(tape, delimiter=self.options.delimiter), tape)
+            return self._header(csv.reader(tape, delimiter=self.options.delimiter), tape, path)
 
-    def read(self) -> Iterator[SourceRecord]:
-        with self._open_text(newline="") as handle:
-            tape = _LineTape(handle)
+    def _read(self, split: SourceSplit) -> Iterator[SourceRecord]:
+        """A split past the header reads the header from its file's start."""
+        header = None if split.start == 0 else self.header(split.path)
+        with self._open_text(split, newline="") as handle:
+            tape = _LineTape(handle, split.first_line - 1)
             reader = csv.reader(tape, delimiter=self.options.delimiter)
-            header = self._header(reader, tape)
-            index = 0
+            if split.start == 0:
+                header = self._header(reader, tape, split.path)
+            index = split.first_index
             while header is not None:
                 first_line = tape.count + 1
                 try:
@@ -216,17 +283,23 @@ class CsvSource(_TextSource):
                     yield self._csv_record(index, tape.take(), first_line, header, fields)
                 index += 1
 
-    def _header(self, reader: Iterator[list[str]], tape: _LineTape) -> list[str] | None:
+    def _plan(self, path: str, target_bytes: int, first_index: int) -> tuple[list[SourceSplit], int] | None:
+        if not self._splittable():
+            return None
+        return plan_lines(path, target_bytes, first_index, record_end=_csv_record_ends(self.options.delimiter),
+                          skip_records=1)
+
+    def _header(self, reader: Iterator[list[str]], tape: _LineTape, path: str) -> list[str] | None:
         """The column names; a header that cannot be read refuses the whole file."""
         try:
             header = next(reader, None)
         except csv.Error as exc:
-            raise PluginError(f"source file {self.options.path!r}: cannot read the header: {_csv_error(exc, 1)}") from None
+            raise PluginError(f"source file {path!r}: cannot read the header: {_csv_error(exc, 1)}") from None
         problem = self._undecodable(tape.take(), 1)
         if problem is not None:
-            raise PluginError(f"source file {self.options.path!r}: the header cannot be read: {problem}")
+            raise PluginError(f"source file {path!r}: the header cannot be read: {problem}")
         if header is not None:
-            self._refuse_repeated(header)
+            self._refuse_repeated(header, path)
         return header
 
     def _csv_record(self, index: int, text: str, first_line: int, header: list[str], fields: list[str]) -> SourceRecord:
@@ -261,20 +334,38 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _line_text(line: str, line_number: int) -> str:
+    """A JSON Lines line without its line break (and the file's byte order mark, on line 1)."""
+    raw = line.rstrip("\r\n")
+    return raw.removeprefix(_BOM) if line_number == 1 else raw
+
+
 class JsonlSource(_TextSource):
     """One JSON object per line; blank lines are skipped (they are not records)."""
 
     name = "jsonl"
 
-    def read(self) -> Iterator[SourceRecord]:
-        with self._open_text(newline=None) as handle:
-            index = 0
-            for line_number, line in enumerate(handle, start=1):
-                raw = line.rstrip("\r\n").removeprefix(_BOM) if line_number == 1 else line.rstrip("\r\n")
+    def _read(self, split: SourceSplit) -> Iterator[SourceRecord]:
+        with self._open_text(split, newline=None) as handle:
+            index = split.first_index
+            for line_number, line in enumerate(handle, start=split.first_line):
+                raw = _line_text(line, line_number)
                 if not raw.strip():
                     continue
                 yield self._jsonl_record(index, raw, line_number)
                 index += 1
+
+    def _plan(self, path: str, target_bytes: int, first_index: int) -> tuple[list[SourceSplit], int] | None:
+        if not self._splittable():
+            return None
+        encoding, number = self.options.encoding, 0
+
+        def is_record(line: bytes) -> bool:  # as _read decides: not blank
+            nonlocal number
+            number += 1
+            return bool(line.strip()) and bool(_line_text(line.decode(encoding, "surrogateescape"), number).strip())
+
+        return plan_lines(path, target_bytes, first_index, record_end=lambda line: True, is_record=is_record)
 
     def _jsonl_record(self, index: int, raw: str, line_number: int) -> SourceRecord:
         problem = self._undecodable(raw, line_number)
@@ -314,24 +405,42 @@ class ParquetSource(_FileSource):
     name = "parquet"
 
     def preflight(self) -> None:
-        self._refuse_repeated(self._parquet().schema_arrow.names)
+        for path in self.files():
+            self._refuse_repeated(self._parquet(path).schema_arrow.names, path)
 
-    def _parquet(self) -> Any:
+    def _parquet(self, path: str) -> Any:
         import pyarrow.parquet as pq
 
+        if not Path(path).is_file():
+            raise PluginError(f"source file {path!r} does not exist (relative paths are from {Path.cwd()})")
         try:
-            return pq.ParquetFile(self._open_path())
+            return pq.ParquetFile(path)
         except PluginError:
             raise
         except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-            raise PluginError(f"cannot read Parquet file {self.options.path!r}: {exc}") from None
+            raise PluginError(f"cannot read Parquet file {path!r}: {exc}") from None
 
-    def read(self) -> Iterator[SourceRecord]:
-        parquet = self._parquet()
-        self._refuse_repeated(parquet.schema_arrow.names)
-        index = 0
-        for batch in parquet.iter_batches(batch_size=4096):
+    def _read(self, split: SourceSplit) -> Iterator[SourceRecord]:
+        parquet = self._parquet(split.path)
+        self._refuse_repeated(parquet.schema_arrow.names, split.path)
+        groups = range(split.start, parquet.num_row_groups if split.end is None else split.end)
+        index = split.first_index
+        for batch in parquet.iter_batches(batch_size=4096, row_groups=list(groups)):
             for row in batch.to_pylist():
                 native = {k: _json_native(v) for k, v in row.items()}
                 yield self._record(index, repr(native), native)
                 index += 1
+
+    def _plan(self, path: str, target_bytes: int, first_index: int) -> tuple[list[SourceSplit], int] | None:
+        """Splits of whole row groups, from the file's metadata alone."""
+        meta = self._parquet(path).metadata
+        splits: list[SourceSplit] = []
+        start, start_index, size, index = 0, first_index, 0, first_index
+        for group in range(meta.num_row_groups):
+            size += meta.row_group(group).total_byte_size
+            index += meta.row_group(group).num_rows
+            if size >= target_bytes and group + 1 < meta.num_row_groups:
+                splits.append(SourceSplit(path, start, group + 1, start_index))
+                start, start_index, size = group + 1, index, 0
+        splits.append(SourceSplit(path, start, None, start_index))
+        return splits, index
