@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
 from sqlalchemy import update
 
 from elspeth_beam.config.loader import LoadedPipeline
@@ -85,15 +85,31 @@ def new_run_id() -> str:
 def pipeline_options(loaded: LoadedPipeline, beam_args: Sequence[str] = ()) -> tuple[PipelineOptions, str]:
     """Beam options from settings then command line (command line wins); the runner name."""
     run = loaded.settings.run
-    options = PipelineOptions([*run.beam_options, *beam_args])
+    args = [*run.beam_options, *beam_args]
+    options = PipelineOptions(args)
     standard = options.view_as(StandardOptions)
     requested = standard.runner or run.runner
     runner = requested
     if requested.lower() in _DIRECT_ALIASES:
         runner = "BundleBasedDirectRunner" if standard.streaming else "FnApiRunner"
+    if runner == "FlinkRunner" and not standard.streaming and not any(a.startswith("--execution_mode_for_batch") for a in args):
+        # every exchange blocking: a task consumes only what finished upstream (stable input)
+        options = PipelineOptions([*args, "--execution_mode_for_batch=BATCH_FORCED"])
+        standard = options.view_as(StandardOptions)
     standard.runner = runner
     label = f"{requested} ({runner})" if runner != requested else runner
     return options, label
+
+
+def replays_identically(options: PipelineOptions) -> bool:
+    """Whether the runner re-runs a failed bundle with the same elements in the same order (the
+    direct runners, Beam's embedded job service). A cluster runner may re-run a failed task
+    with its input in another order or other bundles, so its audit and sink writes need stable
+    input (``pipeline/builder.py``)."""
+    runner = (options.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1]
+    if runner == "PortableRunner":
+        return options.view_as(PortableOptions).job_endpoint == "embed"
+    return runner in ("FnApiRunner", "BundleBasedDirectRunner", "DirectRunner", "SwitchingDirectRunner")
 
 
 def _node_rows(loaded: LoadedPipeline) -> list[dict[str, Any]]:
@@ -234,7 +250,8 @@ def _run_recorded(
 ) -> tuple[VerifyReport, dict[str, Any], str | None]:
     """Run the recorded run's pipeline, merge its sinks, verify, digest and mark it finished;
     its verify report, summary and the reason it failed (None: completed)."""
-    built = apply_graph(pipeline, loaded, run_id, restore, streaming=options.view_as(StandardOptions).streaming)
+    built = apply_graph(pipeline, loaded, run_id, restore, streaming=options.view_as(StandardOptions).streaming,
+                        stable_input=not replays_identically(options))
     if tap is not None:
         tap(built)
     try:

@@ -128,6 +128,22 @@ def assert_audit_complete(run: TestRun | RunResult, store: LandscapeStore | None
     return report
 
 
+def without_parts(snapshot_: dict[str, list[str]]) -> dict[str, list[str]]:
+    """A ``snapshot`` without what a sink's part boundaries decide, which are the runner's
+    bundles: the artifacts, a sink node_state's output hash (its part's content hash) and an
+    outcome's artifact and row in it. Compare runs on different runners with this."""
+    def strip(table: str, line: str) -> str:
+        record = json.loads(line)
+        if table == "node_states" and record["node_id"].startswith("sink:"):
+            record.pop("output_hash")
+        if table == "token_outcomes":
+            record.pop("artifact_id"), record.pop("artifact_row")
+        return json.dumps(record, sort_keys=True)
+
+    return {table: sorted(strip(table, line) for line in lines)
+            for table, lines in snapshot_.items() if table != "artifacts"}
+
+
 def snapshot(store: LandscapeStore, *, ignore: frozenset[str] = VOLATILE_COLUMNS) -> dict[str, list[str]]:
     """Every table's rows (sorted, volatile columns dropped): compare two Landscapes with ==."""
     out: dict[str, list[str]] = {}

@@ -610,9 +610,12 @@ def test_resume_sends_a_failed_flushs_members_on_to_the_error_sink_they_never_re
         con.execute("DELETE FROM token_outcomes WHERE node_id = 'sink:rejects'")
         con.execute("DELETE FROM node_states WHERE node_id = 'sink:rejects'")
         con.execute("DELETE FROM artifacts WHERE sink_node_id = 'sink:rejects' OR artifact_kind = 'merged'")
+        con.execute("DELETE FROM audit_segments WHERE node_id = 'sink:rejects'")
         con.execute("DELETE FROM record_digests")
         con.execute("UPDATE runs SET status = 'running', completed_at = NULL, digest_root = NULL, digest_manifest = NULL")
     con.close()
+    for segment in db.parent.rglob("sink-rejects-*"):  # never committed, in the crash this stands for
+        segment.unlink()
     for part in rejects.parent.glob(f"{rejects.name}.parts/*/*"):
         part.unlink()
     rejects.unlink()

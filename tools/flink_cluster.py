@@ -1,7 +1,7 @@
 """A standalone Flink 1.19 session cluster on this machine, from the registries only.
 
-    python tools/flink_cluster.py start [--taskmanagers 2] [--slots 1]   # idempotent
-    python tools/flink_cluster.py status | stop | kill-taskmanager N | start-taskmanager N
+    python tools/flink_cluster.py start [--slots 2]   # idempotent
+    python tools/flink_cluster.py status | stop | kill-taskmanager N | start-taskmanager N | args
 
 Flink's distribution is not on Maven or PyPI as such, but PyPI's ``apache-flink-libraries``
 sdist carries its ``lib/`` (flink-dist and the rest) and ``bin/bash-java-utils.jar``, without the
@@ -11,7 +11,8 @@ started with the JVM flags and ``-D`` memory settings that ``BashJavaUtils`` com
 configuration, as ``taskmanager.sh`` does (without them a TaskManager refuses to start:
 "taskmanager.cpu.cores ... is not set"). State (config, logs, pid files) is under
 ``$ELSPETH_CACHE/flink/cluster`` (default ``~/.cache/elspeth_beam``); the REST API is on
-``localhost:REST_PORT``. A test harness, not part of a run.
+``localhost:REST_PORT``; Beam's Python worker pool on ``localhost:POOL_PORT``. A test harness,
+not part of a run.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from pathlib import Path
 
 FLINK_VERSION = "1.19.3"
 REST_PORT = int(os.environ.get("ELSPETH_FLINK_REST_PORT", "8081"))
+POOL_PORT = int(os.environ.get("ELSPETH_FLINK_POOL_PORT", "50000"))
 CACHE = Path(os.environ.get("ELSPETH_CACHE", Path.home() / ".cache" / "elspeth_beam")) / "flink"
 DIST = CACHE / f"flink-{FLINK_VERSION}"
 CLUSTER = CACHE / "cluster"
+BUILT_JAR = Path(__file__).resolve().parent.parent / "flink" / "jobserver" / "target" / "elspeth-flink-job-server.jar"
 
 CONF = """\
 jobmanager.rpc.address: localhost
@@ -40,7 +43,9 @@ jobmanager.bind-host: localhost
 jobmanager.memory.process.size: 1024m
 taskmanager.bind-host: localhost
 taskmanager.host: localhost
-taskmanager.memory.process.size: 1536m
+taskmanager.memory.process.size: 2048m
+taskmanager.memory.network.fraction: 0.25
+taskmanager.memory.network.max: 512m
 taskmanager.numberOfTaskSlots: {slots}
 parallelism.default: 1
 rest.port: {rest_port}
@@ -165,10 +170,36 @@ def start_taskmanager(index: int) -> int:
                    jvm, dynamic, conf)
 
 
-def start(taskmanagers: int = 2, slots: int = 1) -> dict:
+def start_pool() -> int:
+    """Beam's Python worker pool: the SDK workers the Flink tasks talk to (EXTERNAL environment),
+    as Beam on Flink is deployed. One pool serves one TaskManager: the pool knows its workers
+    by the ids the TaskManager gives them (1-1, 1-2, ... counted per TaskManager), so two
+    TaskManagers sharing one pool stop each other's workers (seen: jobs failing with "client
+    cancelled" until the restart attempts ran out). Hence one TaskManager with several slots
+    here, and ``--sdk_worker_parallelism`` workers for it."""
+    log = CLUSTER / "log" / "worker-pool.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
+                                 f"--service_port={POOL_PORT}"], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    (CLUSTER / "worker-pool.pid").write_text(str(proc.pid))
+    return proc.pid
+
+
+def pipeline_args(parallelism: int = 2) -> list[str]:
+    """Beam options that run a pipeline on this cluster with its worker pool."""
+    jar = os.environ.get("ELSPETH_FLINK_JOB_SERVER_JAR") or str(BUILT_JAR)
+    return ["--runner=FlinkRunner", "--flink_version=1.19", f"--flink_master=localhost:{REST_PORT}",
+            f"--flink_job_server_jar={jar}", "--environment_type=EXTERNAL",
+            f"--environment_config=localhost:{POOL_PORT}", f"--parallelism={parallelism}",
+            f"--sdk_worker_parallelism={parallelism}"]
+
+
+def start(taskmanagers: int = 1, slots: int = 2) -> dict:
     """Start the cluster unless it runs; return its REST overview once every slot is there."""
     ensure_dist()
-    if _alive("jobmanager") and (view := overview()) and view["taskmanagers"] >= taskmanagers:
+    if (_alive("jobmanager") and _alive("worker-pool") and (view := overview())
+            and view["taskmanagers"] == taskmanagers and view["slots-total"] == taskmanagers * slots):
         return view
     stop()
     conf = _write_conf(slots)
@@ -177,6 +208,7 @@ def start(taskmanagers: int = 2, slots: int = 1) -> dict:
     _wait(lambda: overview() is not None, "the JobManager's REST API")
     for index in range(taskmanagers):
         start_taskmanager(index)
+    start_pool()
     _wait(lambda: (overview() or {}).get("slots-total", 0) >= taskmanagers * slots, f"{taskmanagers} TaskManagers")
     return overview() or {}
 
@@ -198,10 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("start", help="start the cluster (no-op if it runs)")
-    up.add_argument("--taskmanagers", type=int, default=2)
-    up.add_argument("--slots", type=int, default=1, help="task slots per TaskManager")
+    up.add_argument("--taskmanagers", type=int, default=1, help="more than one needs a worker pool each (see start_pool)")
+    up.add_argument("--slots", type=int, default=2, help="task slots per TaskManager")
     sub.add_parser("status", help="print the REST overview")
     sub.add_parser("stop", help="kill every process of the cluster")
+    sub.add_parser("args", help="print the Beam options that run a pipeline here")
     for verb in ("kill-taskmanager", "start-taskmanager"):
         sub.add_parser(verb).add_argument("index", type=int)
     args = parser.parse_args(argv)
@@ -211,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(overview()))
     elif args.command == "stop":
         stop()
+    elif args.command == "args":
+        print(" ".join(pipeline_args()))
     elif args.command == "kill-taskmanager":
         print(kill(f"taskmanager-{args.index}"))
     else:

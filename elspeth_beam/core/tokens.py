@@ -52,15 +52,19 @@ def _check_json_native(value: Any, path: str) -> None:
     )
 
 
-_encode_token = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_encode_token = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 def _token_bytes(fields: dict[str, Any]) -> bytes:
-    """Sorted-key compact JSON: orjson (a sixth of the time; tokens are encoded at every
-    stage boundary and for every buffered checkpoint), json for what orjson refuses (integers
-    beyond 64 bits). Both keep int vs float; a token's row never holds NaN (validated)."""
+    """Compact JSON, the token's fields in their fixed order and the row's in its own: the
+    row's field order is what the sinks write as columns, so it must survive every stage
+    boundary (a sorted encoding gave a CSV sink other columns on a runner that reshuffles).
+    orjson (a sixth of the time; tokens are encoded at every stage boundary and for every
+    buffered checkpoint), json for what orjson refuses (integers beyond 64 bits). Both keep
+    int vs float; a token's row never holds NaN (validated). Hashes are over canonical JSON,
+    not this."""
     try:
-        return orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(fields)
     except TypeError:
         return _encode_token(fields).encode("utf-8")
 
@@ -200,7 +204,8 @@ def _check_row(row: Any) -> None:
 
 
 class TokenInfoCoder(coders.Coder):
-    """Deterministic coder: sorted-key compact JSON (keeps int vs float; never pickle)."""
+    """Deterministic coder: compact JSON, a function of the token including its row's field
+    order (keeps int vs float; never pickle). Tokens are never keys."""
 
     def encode(self, value: TokenInfo) -> bytes:
         return value.to_json_bytes()

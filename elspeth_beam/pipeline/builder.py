@@ -84,8 +84,16 @@ def apply_graph(
     run_id: str,
     restore: PipelineRestore | None = None,
     streaming: bool = False,
+    stable_input: bool = False,
 ) -> BuiltPipeline:
-    """Apply every node; ``restore`` (from ``resume``) skips finished work and refills buffers."""
+    """Apply every node; ``restore`` (from ``resume``) skips finished work and refills buffers.
+
+    ``stable_input``: a reshuffle before every audit write and sink write, for runners that
+    may re-run a failed task with its input in another order or other bundles (Flink,
+    Dataflow). Its records could then differ from the first try's — an aggregation's flush
+    ordered otherwise, a sink's part cut elsewhere — and both would reach the audit log. Behind
+    the reshuffle, the writes see only what a finished task produced, and a retried write
+    sees the same elements again, which the audit absorbs."""
     graph: PipelineGraph = loaded.graph
     ids.check_node_codes(n.node_id for n in graph.nodes)
     restore = restore or PipelineRestore()
@@ -102,8 +110,10 @@ def apply_graph(
         if node.node_type is NodeType.SINK:
             inputs = sink_inputs[node.name]
             merged = inputs[0] if len(inputs) == 1 else inputs | f"{label} inputs" >> beam.Flatten()
+            if stable_input:
+                merged = merged | f"{label} stable input" >> beam.Reshuffle()
             written = merged | label >> beam.ParDo(SinkDoFn(ctx, node.name, node.settings, restore.done_tokens)).with_outputs(AUDIT_TAG)
-            audits.append(_written(written[AUDIT_TAG], label, url, audit_log))
+            audits.append(_written(written[AUDIT_TAG], label, url, audit_log, stable_input))
             continue
 
         tags = [AUDIT_TAG, ERROR_TAG, *(out_tag(d) for d in node.destinations)]
@@ -118,7 +128,7 @@ def apply_graph(
             pcoll = upstream[0] if len(upstream) == 1 else upstream | f"{label} inputs" >> beam.Flatten()
             outputs = pcoll | label >> _node_transform(node, ctx, tags, restore, graph, streaming)
 
-        audits.append(_written(outputs[AUDIT_TAG], label, url, audit_log))
+        audits.append(_written(outputs[AUDIT_TAG], label, url, audit_log, stable_input))
         reemitted = restore.reemit.get(node.node_id)
         for dest in node.destinations:
             stream = outputs[out_tag(dest)]
@@ -141,7 +151,11 @@ def apply_graph(
     return BuiltPipeline(audit_streams=audits)
 
 
-def _written(audit: PCollection, label: str, url: str, audit_log: str) -> PCollection:
+def _written(audit: PCollection, label: str, url: str, audit_log: str, stable_input: bool) -> PCollection:
     audit.element_type = AuditSegment  # AuditSegmentCoder: Beam's size sampling need not encode it
-    audit | f"{label} audit" >> WriteAudit(url, audit_log)
+    segments = audit
+    if stable_input:
+        segments = audit | f"{label} audit stable input" >> beam.Reshuffle()
+        segments.element_type = AuditSegment
+    segments | f"{label} audit" >> WriteAudit(url, audit_log)
     return audit

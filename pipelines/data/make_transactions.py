@@ -13,7 +13,7 @@ from pathlib import Path
 MERCHANTS = {"grocery": (5, 180), "fuel": (20, 110), "travel": (80, 1900), "dining": (8, 140), "utilities": (30, 260)}
 
 
-def main(rows: int = 600, seed: int = 1234) -> None:
+def main(rows: int = 600, seed: int = 1234, out: Path | None = None) -> None:
     rng = random.Random(seed)
     accounts = [f"ACC-{n:03d}" for n in range(1, 13)]
     weights = [rng.uniform(0.3, 3.0) for _ in accounts]
@@ -38,7 +38,7 @@ def main(rows: int = 600, seed: int = 1234) -> None:
         records.insert(i + 1, list(records[i]))
     records[33][4] = "12,50"      # decimal comma: not a float → quarantined at the source
     records[321][2] = "yesterday"  # not a timestamp
-    out = Path(__file__).with_name("transactions.csv")
+    out = out or Path(__file__).with_name("transactions.csv")
     with out.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["txn_id", "account_id", "booked_at", "category", "amount", "currency"])
