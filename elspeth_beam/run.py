@@ -22,7 +22,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
 from sqlalchemy import update
 
-from elspeth_beam.config.loader import LoadedPipeline
+from elspeth_beam.config.loader import LoadedPipeline, with_absolute_paths
 from elspeth_beam.config.preflight import sink_problems
 from elspeth_beam.config.secrets import Fingerprinter, protect_node, warn_if_unkeyed
 from elspeth_beam.core.canonical import canonical_json, stable_hash
@@ -194,6 +194,7 @@ def execute_run(
     progress display, see ``elspeth_beam.progress``).
     """
     run_id = run_id or new_run_id()
+    loaded = with_absolute_paths(loaded)  # workers may run in another directory
     options, runner_label = pipeline_options(loaded, beam_args)
     preflight(loaded, run_id)
     pipeline = _make(make_pipeline, options)

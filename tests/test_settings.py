@@ -529,3 +529,23 @@ def test_max_quarantined_fraction_outside_zero_to_one_is_an_error(value):
     raw = base()
     raw["run"] = {"max_quarantined_fraction": value}
     one_starting_with(problems_of(raw), "run.max_quarantined_fraction:")
+
+
+def test_relative_source_and_sink_paths_are_resolved_where_the_command_runs(tmp_path, monkeypatch):
+    """A cluster's workers run in another directory, and the driver merges what they wrote."""
+    from elspeth_beam.config.loader import load_settings_dict, with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("a\n1\n")
+    loaded = load_settings_dict({
+        "source": {"plugin": "csv", "on_success": "raw", "options": {"path": "in.csv"}},
+        "gates": [{"name": "g", "input": "raw", "condition": "row['a'] == '1'", "on_error": "quarantine",
+                   "routes": {"true": "out", "false": "remote"}}],
+        "sinks": {"out": {"plugin": "jsonl", "options": {"path": "out/x.jsonl"}},
+                  "remote": {"plugin": "jsonl", "options": {"path": "gs://bucket/x.jsonl"}}},
+    })
+    assert loaded.settings.source.options["path"] == "in.csv"  # as written, for validate and the user
+    resolved = with_absolute_paths(loaded).settings
+    assert resolved.source.options["path"] == str(tmp_path / "in.csv")
+    assert resolved.sinks["out"].options["path"] == str(tmp_path / "out" / "x.jsonl")
+    assert resolved.sinks["remote"].options["path"] == "gs://bucket/x.jsonl"

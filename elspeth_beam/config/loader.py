@@ -122,6 +122,23 @@ def load_settings_dict(raw: Any, landscape_url: str | None = None) -> LoadedPipe
     return LoadedPipeline(settings, graph)
 
 
+def with_absolute_paths(loaded: LoadedPipeline) -> LoadedPipeline:
+    """The pipeline to run: relative source and sink paths made absolute, from the directory
+    the command runs in. A cluster's workers run elsewhere (the worker pool's directory), and
+    the driver merges the parts the workers wrote. A URL (``gs://…``) is left alone."""
+    def fixed(node: Any) -> Any:
+        path = node.options.get("path")
+        if not isinstance(path, str) or not path or "://" in path or os.path.isabs(path):
+            return node
+        return node.model_copy(update={"options": {**node.options, "path": os.path.abspath(path)}})
+
+    settings = loaded.settings.model_copy(update={
+        "source": fixed(loaded.settings.source),
+        "sinks": {name: fixed(sink) for name, sink in loaded.settings.sinks.items()},
+    })
+    return LoadedPipeline(settings, build_graph(settings))
+
+
 def _check_options(kind: type, name: str, options: dict[str, Any], where: str) -> list[str]:
     try:
         cls = registry.resolve(kind, name)
