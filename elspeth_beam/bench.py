@@ -28,6 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 KEYS = 100
 BATCH = 50
+SPLIT_BYTES = 256 * 1024  # ~8 splits of the 100 000-row file, so a cluster reads it in parallel
 SCHEMA = {"id": "int", "key": "str", "amount": "float", "category": "str"}
 
 
@@ -43,7 +44,7 @@ def generate(path: Path, rows: int, seed: int = 42) -> None:
 def settings(data: Path, out: Path, landscape: str) -> dict[str, Any]:
     return {
         "source": {"plugin": "csv", "on_success": "raw", "on_validation_failure": "quarantine",
-                   "options": {"path": str(data), "schema": SCHEMA}},
+                   "split_bytes": SPLIT_BYTES, "options": {"path": str(data), "schema": SCHEMA}},
         "transforms": [{"name": "fx", "plugin": "computed", "input": "raw", "on_success": "priced",
                         "on_error": "quarantine", "options": {"fields": {"amount_eur": "round(row['amount'] * 0.92, 2)"}}}],
         "gates": [{"name": "size", "input": "priced", "condition": "row['amount'] >= 900", "on_error": "quarantine",
@@ -60,14 +61,22 @@ def settings(data: Path, out: Path, landscape: str) -> dict[str, Any]:
 # ---- variant A: the same work in plain Beam -------------------------------------------------
 
 class _ReadFn(beam.DoFn):
-    def __init__(self, data: str) -> None:
-        self.data = data
+    """The source plugin's splits, planned then read where they land, as the audited source
+    reads them (``pipeline/source.py``), so both variants read in parallel on a cluster."""
 
-    def process(self, _: Any):
+    def __init__(self, data: str, split: bool) -> None:
+        self.data, self.split = data, split
+
+    def setup(self) -> None:
         from elspeth_beam.plugins.sources import CsvSource
 
-        source = CsvSource(CsvSource.Options(path=self.data, schema=SCHEMA))
-        for record in source.read():
+        self.source = CsvSource(CsvSource.Options(path=self.data, schema=SCHEMA))
+
+    def process(self, split: Any):
+        if not self.split:  # the plan: the splits themselves
+            yield from self.source.splits(SPLIT_BYTES)
+            return
+        for record in self.source.read_split(split):
             if record.row is not None:
                 yield record.row
 
@@ -96,7 +105,7 @@ class _PartSinkFn(beam.DoFn):
             self.sink.write_part(self.rows, Path(f"{self.path}.parts/plain/part-{os.getpid()}-{self.count}.jsonl"))
 
 
-def run_plain(data: Path, out: Path) -> None:
+def run_plain(data: Path, out: Path, beam_args: list[str] | None = None) -> None:
     from elspeth_beam.plugins.batch import BatchStats
     from elspeth_beam.plugins.expressions import Expression
     from elspeth_beam.plugins.transforms import Computed
@@ -109,8 +118,9 @@ def run_plain(data: Path, out: Path) -> None:
         key, rows = kv
         return [{"key": key, **r} for r in stats.process_batch(list(rows))]
 
-    with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
-        rows = p | beam.Create([None]) | beam.ParDo(_ReadFn(str(data))) | "fx" >> beam.Map(fx.process)
+    with beam.Pipeline(options=PipelineOptions(beam_args or ["--runner=FnApiRunner"])) as p:
+        rows = (p | beam.Create([None]) | "Plan" >> beam.ParDo(_ReadFn(str(data), split=False)) | beam.Reshuffle()
+                | "Read" >> beam.ParDo(_ReadFn(str(data), split=True)) | "fx" >> beam.Map(fx.process))
         large, small = rows | beam.Partition(lambda r, n: 0 if condition.evaluate(r) else 1, 2)
         large | "large" >> beam.ParDo(_PartSinkFn(str(out / "large.jsonl")))
         (small
@@ -120,12 +130,12 @@ def run_plain(data: Path, out: Path) -> None:
          | "totals" >> beam.ParDo(_PartSinkFn(str(out / "totals.jsonl"))))
 
 
-def run_audited(data: Path, out: Path, landscape: str) -> dict[str, float]:
+def run_audited(data: Path, out: Path, landscape: str, beam_args: list[str] | None = None) -> dict[str, float]:
     """The audited run; its phases' wall seconds."""
     from elspeth_beam.config.loader import load_settings_dict
     from elspeth_beam.run import execute_run
 
-    result = execute_run(load_settings_dict(settings(data, out, landscape)))
+    result = execute_run(load_settings_dict(settings(data, out, landscape)), beam_args=beam_args or ())
     assert result.report.ok, result.report.problems
     return result.phases
 
@@ -148,17 +158,18 @@ def _sink_rows(out: Path) -> dict[str, int]:
     return counts
 
 
-def child(variant: str, data: Path, out: Path, landscape: str) -> dict[str, Any]:
-    """One measured run, in its own process: wall time, peak RSS, rows per sink."""
+def child(variant: str, data: Path, out: Path, landscape: str, beam_args: list[str] | None = None) -> dict[str, Any]:
+    """One measured run, in its own process: wall time, peak RSS (of this process and the
+    writer child: on a cluster the workers' are not counted), rows per sink."""
     from elspeth_beam.auditlog.loader import WRITE_STATS
     from elspeth_beam.auditlog.writer_process import AuditWriter
 
     t0 = time.perf_counter()
     phases: dict[str, float] = {}
     if variant == "plain":
-        run_plain(data, out)
+        run_plain(data, out, beam_args)
     else:
-        phases = run_audited(data, out, landscape)
+        phases = run_audited(data, out, landscape, beam_args)
     wall = time.perf_counter() - t0
     # the audited variant's writer child counts too: the sum of both peaks (an upper bound)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + AuditWriter.peak_rss_mb()
@@ -213,7 +224,8 @@ def database_floor_ratio(plain_s: float, audit_rows: int, raw_rate: float) -> fl
     return max(plain_s, audit_rows / raw_rate) / plain_s
 
 
-def bench(rows: int = 100_000, repeat: int = 3) -> dict[str, Any]:
+def bench(rows: int = 100_000, repeat: int = 3, beam_args: list[str] | None = None) -> dict[str, Any]:
+    """``beam_args`` run both variants on another runner (default: the FnApiRunner)."""
     work = Path(tempfile.mkdtemp(prefix="elspeth-bench-"))
     data = work / "input.csv"
     generate(data, rows)
@@ -223,7 +235,7 @@ def bench(rows: int = 100_000, repeat: int = 3) -> dict[str, Any]:
             out = work / f"{variant}-{round_}"
             landscape = f"sqlite:///{work / f'audit-{round_}.db'}"
             proc = subprocess.run(
-                [sys.executable, "-m", "elspeth_beam.bench", variant, str(data), str(out), landscape],
+                [sys.executable, "-m", "elspeth_beam.bench", variant, str(data), str(out), landscape, *(beam_args or [])],
                 capture_output=True, text=True, check=False,
             )
             if proc.returncode != 0:
@@ -284,4 +296,4 @@ def render(report: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     variant, data_arg, out_arg, landscape_arg = sys.argv[1:5]
-    print(json.dumps(child(variant, Path(data_arg), Path(out_arg), landscape_arg)))
+    print(json.dumps(child(variant, Path(data_arg), Path(out_arg), landscape_arg, sys.argv[5:])))

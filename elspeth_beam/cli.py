@@ -247,10 +247,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
+def _cmd_bench(args: argparse.Namespace, beam_args: list[str]) -> int:
+    """Beam options (as for run) go to both variants, e.g. a Flink cluster's; default the FnApiRunner."""
     from elspeth_beam.bench import bench, render
 
-    report = bench(rows=args.rows, repeat=args.repeat)
+    report = bench(rows=args.rows, repeat=args.repeat, beam_args=beam_args or None)
     print(json.dumps(report, indent=2) if args.json else render(report))
     return EXIT_OK if report["same_sink_rows"] else EXIT_FAILED
 
@@ -326,7 +327,7 @@ def unknown_beam_args(args: Sequence[str]) -> list[str]:
 
 def _beam_args(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: list[str], extra: list[str]) -> list[str]:
     """What goes to Beam: arguments before ``--`` only if Beam knows them, all after it."""
-    if args.command not in ("run", "resume"):
+    if args.command not in ("run", "resume", "bench"):
         if unknown or extra:
             parser.error(f"unrecognized arguments: {' '.join(unknown + extra)}")
         return []
@@ -372,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "show": lambda: _cmd_show(args),
         "export": lambda: _cmd_export(args),
         "report": lambda: _cmd_report(args),
-        "bench": lambda: _cmd_bench(args),
+        "bench": lambda: _cmd_bench(args, beam_args),
     }
     try:
         return commands[args.command]()
