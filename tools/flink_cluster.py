@@ -48,6 +48,7 @@ taskmanager.memory.network.fraction: 0.25
 taskmanager.memory.network.max: 512m
 taskmanager.numberOfTaskSlots: {slots}
 parallelism.default: 1
+classloader.resolve-order: parent-first
 rest.port: {rest_port}
 rest.address: localhost
 rest.bind-address: localhost
@@ -93,8 +94,24 @@ def ensure_dist() -> Path:
     return DIST
 
 
-def _classpath() -> str:
-    return ":".join(str(p) for p in sorted((DIST / "lib").glob("*.jar")))
+def _classpath(runner: bool = False) -> str:
+    """Flink's lib; for a TaskManager also Beam's runner (the job server's jar). A session
+    cluster unloads each job's classes when the job ends, but the Beam runner's gRPC threads
+    outlive the job in the TaskManager and then fail to load a class — seen: a
+    NoClassDefFoundError in a vendored Netty class killed the TaskManager after a job, and the
+    next job never got its slots. Loaded by Flink's own class loader (parent-first), they stay."""
+    jars = sorted((DIST / "lib").glob("*.jar"))
+    if runner:
+        jars.append(Path(_job_server_jar()))
+    return ":".join(str(p) for p in jars)
+
+
+def _job_server_jar() -> str:
+    jar = os.environ.get("ELSPETH_FLINK_JOB_SERVER_JAR") or str(BUILT_JAR)
+    if not Path(jar).is_file():
+        raise ClusterError(f"no job-server jar at {jar}: build it (mvn -q -f flink/jobserver/pom.xml package) "
+                           "or set ELSPETH_FLINK_JOB_SERVER_JAR")
+    return jar
 
 
 def _write_conf(slots: int) -> Path:
@@ -120,10 +137,10 @@ def _resource_params(command: str, conf: Path) -> tuple[list[str], list[str]]:
     return jvm, dynamic
 
 
-def _launch(name: str, main: str, jvm: list[str], args: list[str], conf: Path) -> int:
+def _launch(name: str, main: str, jvm: list[str], args: list[str], conf: Path, runner: bool = False) -> int:
     log = CLUSTER / "log" / f"{name}.log"
     cmd = ["java", *jvm, f"-Dlog.file={log}", f"-Dlog4j.configurationFile=file:{conf / 'log4j.properties'}",
-           "-classpath", _classpath(), main, "--configDir", str(conf), *args]
+           "-classpath", _classpath(runner), main, "--configDir", str(conf), *args]
     with (CLUSTER / "log" / f"{name}.out").open("ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
@@ -167,7 +184,7 @@ def start_taskmanager(index: int) -> int:
     conf = CLUSTER / "conf"
     jvm, dynamic = _resource_params("GET_TM_RESOURCE_PARAMS", conf)
     return _launch(f"taskmanager-{index}", "org.apache.flink.runtime.taskexecutor.TaskManagerRunner",
-                   jvm, dynamic, conf)
+                   jvm, dynamic, conf, runner=True)
 
 
 def start_pool() -> int:
@@ -188,7 +205,7 @@ def start_pool() -> int:
 
 def pipeline_args(parallelism: int = 2) -> list[str]:
     """Beam options that run a pipeline on this cluster with its worker pool."""
-    jar = os.environ.get("ELSPETH_FLINK_JOB_SERVER_JAR") or str(BUILT_JAR)
+    jar = _job_server_jar()
     return ["--runner=FlinkRunner", "--flink_version=1.19", f"--flink_master=localhost:{REST_PORT}",
             f"--flink_job_server_jar={jar}", "--environment_type=EXTERNAL",
             f"--environment_config=localhost:{POOL_PORT}", f"--parallelism={parallelism}",
