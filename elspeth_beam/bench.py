@@ -61,11 +61,11 @@ def settings(data: Path, out: Path, landscape: str) -> dict[str, Any]:
 # ---- variant A: the same work in plain Beam -------------------------------------------------
 
 class _ReadFn(beam.DoFn):
-    """The source plugin's splits, planned then read where they land, as the audited source
-    reads them (``pipeline/source.py``), so both variants read in parallel on a cluster."""
+    """Reads one split of the source (planned by the audited pipeline's own ``PlanSplitsFn``),
+    so both variants read the same splits, in parallel on a cluster."""
 
-    def __init__(self, data: str, split: bool) -> None:
-        self.data, self.split = data, split
+    def __init__(self, data: str) -> None:
+        self.data = data
 
     def setup(self) -> None:
         from elspeth_beam.plugins.sources import CsvSource
@@ -73,9 +73,6 @@ class _ReadFn(beam.DoFn):
         self.source = CsvSource(CsvSource.Options(path=self.data, schema=SCHEMA))
 
     def process(self, split: Any):
-        if not self.split:  # the plan: the splits themselves
-            yield from self.source.splits(SPLIT_BYTES)
-            return
         for record in self.source.read_split(split):
             if record.row is not None:
                 yield record.row
@@ -106,6 +103,8 @@ class _PartSinkFn(beam.DoFn):
 
 
 def run_plain(data: Path, out: Path, beam_args: list[str] | None = None) -> None:
+    from elspeth_beam.config.settings import SourceSettings
+    from elspeth_beam.pipeline.source import PlanSplitsFn
     from elspeth_beam.plugins.batch import BatchStats
     from elspeth_beam.plugins.expressions import Expression
     from elspeth_beam.plugins.transforms import Computed
@@ -119,8 +118,9 @@ def run_plain(data: Path, out: Path, beam_args: list[str] | None = None) -> None
         return [{"key": key, **r} for r in stats.process_batch(list(rows))]
 
     with beam.Pipeline(options=PipelineOptions(beam_args or ["--runner=FnApiRunner"])) as p:
-        rows = (p | beam.Create([None]) | "Plan" >> beam.ParDo(_ReadFn(str(data), split=False)) | beam.Reshuffle()
-                | "Read" >> beam.ParDo(_ReadFn(str(data), split=True)) | "fx" >> beam.Map(fx.process))
+        source = SourceSettings.model_validate(settings(data, out, "")["source"])
+        rows = (p | beam.Create([None]) | "Plan" >> beam.ParDo(PlanSplitsFn(source)) | beam.Reshuffle()
+                | "Read" >> beam.ParDo(_ReadFn(str(data))) | "fx" >> beam.Map(fx.process))
         large, small = rows | beam.Partition(lambda r, n: 0 if condition.evaluate(r) else 1, 2)
         large | "large" >> beam.ParDo(_PartSinkFn(str(out / "large.jsonl")))
         (small

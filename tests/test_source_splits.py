@@ -120,7 +120,7 @@ def test_parquet_splits_are_whole_row_groups_with_their_first_index(tmp_path):
 def test_plan_counts_only_what_ends_records(tmp_path):
     path = tmp_path / "in.txt"
     path.write_bytes(b"a\n\nb\n")
-    splits, after = plan_lines(str(path), 1, 5, record_end=lambda line: True, is_record=lambda line: bool(line.strip()))
+    splits, after = plan_lines(str(path), 1, 5, record_end=lambda line: True, is_record=lambda line, number: bool(line.strip()))
     assert after == 7
     assert [(s.first_index, s.first_line) for s in splits] == [(5, 1), (6, 2), (6, 3)]
     assert json.dumps([s.start for s in splits]) == "[0, 2, 3]"

@@ -58,6 +58,12 @@ class TextSourceOptions(FileSourceOptions):
         return encoding
 
 
+def _existing(path: str) -> str:
+    if not Path(path).is_file():
+        raise PluginError(f"source file {path!r} does not exist (relative paths are from {Path.cwd()})")
+    return path
+
+
 class _FileSource(SourcePlugin):
     """A source over one file or a glob of files (read in path order, indexes running on).
     Subclasses read a split (``_read``) and may plan splits of a file (``_plan``)."""
@@ -73,10 +79,7 @@ class _FileSource(SourcePlugin):
         files = source_files(self.options.path)
         if not files:
             raise PluginError(f"source pattern {self.options.path!r} matches no file (relative paths are from {Path.cwd()})")
-        for path in files:
-            if not Path(path).is_file():
-                raise PluginError(f"source file {path!r} does not exist (relative paths are from {Path.cwd()})")
-        return files
+        return [_existing(path) for path in files]
 
     def read(self) -> Iterator[SourceRecord]:
         index = 0
@@ -358,11 +361,9 @@ class JsonlSource(_TextSource):
     def _plan(self, path: str, target_bytes: int, first_index: int) -> tuple[list[SourceSplit], int] | None:
         if not self._splittable():
             return None
-        encoding, number = self.options.encoding, 0
+        encoding = self.options.encoding
 
-        def is_record(line: bytes) -> bool:  # as _read decides: not blank
-            nonlocal number
-            number += 1
+        def is_record(line: bytes, number: int) -> bool:  # as _read decides: not blank
             return bool(line.strip()) and bool(_line_text(line.decode(encoding, "surrogateescape"), number).strip())
 
         return plan_lines(path, target_bytes, first_index, record_end=lambda line: True, is_record=is_record)
@@ -411,12 +412,8 @@ class ParquetSource(_FileSource):
     def _parquet(self, path: str) -> Any:
         import pyarrow.parquet as pq
 
-        if not Path(path).is_file():
-            raise PluginError(f"source file {path!r} does not exist (relative paths are from {Path.cwd()})")
         try:
-            return pq.ParquetFile(path)
-        except PluginError:
-            raise
+            return pq.ParquetFile(_existing(path))
         except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
             raise PluginError(f"cannot read Parquet file {path!r}: {exc}") from None
 

@@ -93,14 +93,14 @@ def plan_lines(
     first_index: int,
     *,
     record_end: Callable[[bytes], bool],
-    is_record: Callable[[bytes], bool] = lambda line: True,
+    is_record: Callable[[bytes, int], bool] = lambda line, number: True,
     skip_records: int = 0,
 ) -> tuple[list[SourceSplit], int] | None:
     """Splits of a line-based file of at least ``target`` bytes each, cut where a record starts,
     and the index after its last record; None if the file cannot be cut exactly (a lone
     carriage return). ``record_end(line)`` says whether a record ends with this line (CSV: not
-    inside a quoted field); ``is_record(line)`` whether a line that ends one is a record (JSON
-    Lines: not blank); the first ``skip_records`` (a header) are no rows."""
+    inside a quoted field); ``is_record(line, number)`` whether a line that ends one is a
+    record (JSON Lines: not blank); the first ``skip_records`` (a header) are no rows."""
     plan = _Plan(path, target, [], first_index)
     offset, line_number, skipped, pending = 0, 0, 0, False
     with open(path, "rb") as handle:
@@ -116,7 +116,7 @@ def plan_lines(
                 skipped += 1
                 plan.start, plan.start_line = offset, line_number + 1
                 continue
-            if is_record(line):
+            if is_record(line, line_number):
                 plan.index += 1
             plan.boundary(offset, line_number + 1)
     if pending and skipped >= skip_records:  # a quoted field left open at the end: one last record

@@ -264,12 +264,8 @@ public class InMemoryJobService extends JobServiceGrpc.JobServiceImplBase implem
   @Override
   public void getStateStream(
       JobApi.GetJobStateRequest request, StreamObserver<JobStateEvent> response) {
-    JobInvocation invocation;
-    try {
-      invocation = invocation(request.getJobId());
-    } catch (StatusException e) {
-      // The Python SDK first asks with the preparation id and expects NOT_FOUND.
-      response.onError(e);
+    JobInvocation invocation = invocationOrError(request.getJobId(), response);
+    if (invocation == null) {
       return;
     }
     StreamObserver<JobStateEvent> out = SynchronizedStreamObserver.wrapping(response);
@@ -289,11 +285,8 @@ public class InMemoryJobService extends JobServiceGrpc.JobServiceImplBase implem
   @Override
   public void getMessageStream(
       JobApi.JobMessagesRequest request, StreamObserver<JobMessagesResponse> response) {
-    JobInvocation invocation;
-    try {
-      invocation = invocation(request.getJobId());
-    } catch (StatusException e) {
-      response.onError(e);
+    JobInvocation invocation = invocationOrError(request.getJobId(), response);
+    if (invocation == null) {
       return;
     }
     StreamObserver<JobMessagesResponse> out = SynchronizedStreamObserver.wrapping(response);
@@ -328,6 +321,19 @@ public class InMemoryJobService extends JobServiceGrpc.JobServiceImplBase implem
       throw notFound("job", jobId).getStatus().asException();
     }
     return invocation;
+  }
+
+  /**
+   * The job, or null after answering the stream with NOT_FOUND (the Python SDK first asks with
+   * the preparation id and expects exactly that).
+   */
+  private JobInvocation invocationOrError(String jobId, StreamObserver<?> response) {
+    try {
+      return invocation(jobId);
+    } catch (StatusException e) {
+      response.onError(e);
+      return null;
+    }
   }
 
   private static StatusRuntimeException notFound(String what, String id) {

@@ -158,22 +158,12 @@ public class JobInvocation {
     }
   }
 
+  /** The Job API's name for a runner's state: the same names, UNKNOWN aside. */
   static JobState.Enum toJobState(PipelineResult.State state) {
-    switch (state) {
-      case STOPPED:
-        return JobState.Enum.STOPPED;
-      case RUNNING:
-        return JobState.Enum.RUNNING;
-      case DONE:
-        return JobState.Enum.DONE;
-      case FAILED:
-        return JobState.Enum.FAILED;
-      case CANCELLED:
-        return JobState.Enum.CANCELLED;
-      case UPDATED:
-        return JobState.Enum.UPDATED;
-      default:
-        return JobState.Enum.UNSPECIFIED;
+    try {
+      return JobState.Enum.valueOf(state.name());
+    } catch (IllegalArgumentException unknown) {
+      return JobState.Enum.UNSPECIFIED;
     }
   }
 
