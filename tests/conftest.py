@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,9 +35,9 @@ def quickstart_settings(tmp_path: Path) -> dict:
     return retarget(raw, tmp_path / "out")
 
 
-@pytest.fixture
-def postgres_url():
-    """A fresh, empty PostgreSQL database (dropped afterwards); skips without a server."""
+@contextlib.contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database's URL, dropped on exit; skips without a server."""
     import os
     import uuid
 
@@ -49,10 +51,19 @@ def postgres_url():
     engine = create_engine(admin, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(admin).set(database=name).render_as_string(hide_password=False)
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
+    try:
+        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty PostgreSQL database (dropped afterwards); skips without a server."""
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
