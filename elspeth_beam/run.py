@@ -92,13 +92,27 @@ def pipeline_options(loaded: LoadedPipeline, beam_args: Sequence[str] = ()) -> t
     runner = requested
     if requested.lower() in _DIRECT_ALIASES:
         runner = "BundleBasedDirectRunner" if standard.streaming else "FnApiRunner"
-    if runner == "FlinkRunner" and not standard.streaming and not any(a.startswith("--execution_mode_for_batch") for a in args):
-        # every exchange blocking: a task consumes only what finished upstream (stable input)
-        options = PipelineOptions([*args, "--execution_mode_for_batch=BATCH_FORCED"])
+    if runner == "FlinkRunner" and (extra := _flink_defaults(args, standard.streaming)):
+        options = PipelineOptions([*args, *extra])
         standard = options.view_as(StandardOptions)
     standard.runner = runner
     label = f"{requested} ({runner})" if runner != requested else runner
     return options, label
+
+
+def _flink_defaults(args: Sequence[str], streaming: bool) -> list[str]:
+    """The Flink options our bounded sources need, unless the user set them.
+
+    Batch: every exchange blocking, so a task consumes only what finished upstream (stable
+    input). Streaming with checkpoints: Beam keeps idle sources alive forever then (so that
+    checkpoints go on), and a bounded source's job would never finish; Flink 1.15+ checkpoints
+    past finished tasks, so the sources may end when their input does."""
+    given = lambda name: any(a.startswith(f"--{name}") for a in args)  # noqa: E731
+    if not streaming:
+        return [] if given("execution_mode_for_batch") else ["--execution_mode_for_batch=BATCH_FORCED"]
+    if given("checkpointing_interval") and not given("shutdown_sources_after_idle_ms"):
+        return ["--shutdown_sources_after_idle_ms=0"]
+    return []
 
 
 def replays_identically(options: PipelineOptions) -> bool:

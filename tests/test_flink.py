@@ -27,7 +27,7 @@ import yaml
 import hypothesis
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from elspeth_beam import testing
 from elspeth_beam.landscape import schema as s
@@ -224,6 +224,50 @@ def test_a_taskmanager_killed_mid_job_leaves_the_same_audit_and_sinks(tmp_path, 
     _assert_order_free_equal(flink.store, direct.store, _sink_lines(settings_of(tmp_path / "flink-out")),
                              _sink_lines(settings_of(tmp_path / "direct-out")), end_of_source=True,
                              first_aggregation="aggregation:account_totals")
+
+
+def test_a_streaming_job_with_checkpoints_flushes_by_timeout_and_loses_nothing(tmp_path, flink_args, postgres_url):
+    """Streaming, checkpoints every 500 ms: the rows arrive in the source's bundles over seconds,
+    so quiet keys are flushed by their 0.5 s timeout mid-stream and the rest at end of source;
+    each key's members are the direct (batch) run's and its counts add up to them. (Flink's
+    operator waits forever at end of input for a pending processing-time timer: the flush
+    clears it — README, Flink.)"""
+    data = tmp_path / "big.csv"
+    _write_transactions(data, 20_000)
+
+    def settings_of(out: Path) -> dict:
+        settings = _settings("accounts.yaml", out, split_bytes=64 * 1024)
+        settings["source"]["options"]["path"] = str(data)
+        settings["aggregations"] = [agg for agg in settings["aggregations"] if agg["name"] == "account_totals"]
+        settings["aggregations"][0].update(input="charges", trigger={"timeout_seconds": 0.5})
+        return settings
+
+    before = {job["jid"] for job in _rest("/jobs/overview")["jobs"]}
+    flink = testing.run_for_test(settings_of(tmp_path / "flink-out"), tmp_path, run_id="run-stream", landscape=postgres_url,
+                                 beam_args=(*flink_args, "--streaming", "--checkpointing_interval=500"))
+    testing.assert_audit_complete(flink)
+    (job,) = [j["jid"] for j in _rest("/jobs/overview")["jobs"] if j["jid"] not in before]
+    assert _rest(f"/jobs/{job}")["state"] == "FINISHED"
+    assert _rest(f"/jobs/{job}/checkpoints")["counts"]["completed"] >= 1
+    with flink.store.engine.connect() as conn:
+        triggers = Counter(dict(conn.execute(select(s.batches.c.trigger_type, func.count())
+                                             .where(s.batches.c.status == "completed").group_by(s.batches.c.trigger_type)).all()))
+    assert triggers["timeout"] >= 1 and set(triggers) <= {"timeout", "end_of_source"}, triggers
+
+    direct = testing.run_for_test(settings_of(tmp_path / "direct-out"), tmp_path, run_id="run-stream",
+                                  landscape=f"sqlite:///{tmp_path / 'direct.db'}")
+    flink_sinks, direct_sinks = _sink_lines(settings_of(tmp_path / "flink-out")), _sink_lines(settings_of(tmp_path / "direct-out"))
+    _assert_order_free_equal(flink.store, direct.store, flink_sinks, direct_sinks, end_of_source=False,
+                             first_aggregation="aggregation:account_totals")
+    assert _counts_per_key(flink_sinks["totals"]) == _counts_per_key(direct_sinks["totals"])
+
+
+def _counts_per_key(lines: Counter[str]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for line in lines.elements():
+        row = json.loads(line)
+        counts[row["account_id"]] += row["amount_count"]
+    return counts
 
 
 def _wait_for_running_job(before: set[str], timeout: float = 120.0) -> str:

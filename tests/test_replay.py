@@ -135,6 +135,27 @@ def test_which_runners_replay_identically_and_which_get_stable_input():
     assert not any(replays_identically(PipelineOptions(args)) for args in other)
 
 
+@pytest.mark.parametrize("args, added", [
+    ([], ["--execution_mode_for_batch=BATCH_FORCED"]),
+    (["--execution_mode_for_batch=PIPELINED"], []),
+    (["--streaming"], []),
+    (["--streaming", "--checkpointing_interval=1000"], ["--shutdown_sources_after_idle_ms=0"]),
+    (["--streaming", "--checkpointing_interval=1000", "--shutdown_sources_after_idle_ms=5000"], []),
+])
+def test_flink_gets_what_a_bounded_source_needs_unless_the_user_said_otherwise(quickstart_settings, tmp_path, args, added):
+    """Batch: blocking exchanges (stable input). Streaming with checkpoints: sources that end,
+    or Beam keeps them idle forever and the job never finishes (README, Flink)."""
+    from elspeth_beam.run import pipeline_options
+
+    loaded = testing.load_for_test(quickstart_settings, f"sqlite:///{tmp_path / 'l.db'}")
+    options, label = pipeline_options(loaded, ["--runner=FlinkRunner", *args])
+    assert label == "FlinkRunner"
+    flags = options.get_all_options(retain_unknown_options=True)
+    assert {flag: value for flag, value in flags.items()
+            if flag in ("execution_mode_for_batch", "shutdown_sources_after_idle_ms") and value is not None} == \
+        dict(a.removeprefix("--").split("=") for a in added + [a for a in args if a.startswith(("--exec", "--shut"))])
+
+
 @pytest.mark.parametrize("pipeline", ["quickstart.yaml", "accounts.yaml"])
 def test_stable_input_changes_nothing_but_where_the_writes_wait(tmp_path, monkeypatch, pipeline):
     """The reshuffles a cluster runner gets before audit and sink writes leave the same audit."""
