@@ -54,11 +54,14 @@ def durable_write(target: Path, write: Any) -> None:
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
-    seen: dict[str, None] = {}
-    for row in rows:
-        for key in row:
-            seen.setdefault(key, None)
-    return list(seen)
+    """The file's columns: the rows' own order when every row lists the same keys, else sorted.
+
+    Arrival order must not decide a header (runners bundle and order rows differently), and
+    the rule holds through merging: parts that agree keep their order, parts that differ sort."""
+    orders = {tuple(row) for row in rows}
+    if len(orders) == 1:
+        return list(orders.pop())
+    return sorted({key for order in orders for key in order})
 
 
 def _cell(value: Any) -> Any:
@@ -128,4 +131,5 @@ class ParquetSink(SinkPlugin):
 
         tables = [pq.read_table(p) for p in parts]
         merged = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+        merged = merged.select(_columns([dict.fromkeys(t.column_names) for t in tables]))
         durable_write(target, lambda tmp: pq.write_table(merged, tmp))
