@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import resource
 import statistics
@@ -20,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,6 @@ class _PartSinkFn(beam.DoFn):
         from elspeth_beam.plugins.sinks import JsonlSink
 
         self.sink = JsonlSink(JsonlSink.Options(path=self.path))
-        self.count = 0
 
     def start_bundle(self) -> None:
         self.rows: list[dict[str, Any]] = []
@@ -98,8 +97,8 @@ class _PartSinkFn(beam.DoFn):
 
     def finish_bundle(self) -> None:
         if self.rows:
-            self.count += 1
-            self.sink.write_part(self.rows, Path(f"{self.path}.parts/plain/part-{os.getpid()}-{self.count}.jsonl"))
+            # a uuid, not pid + count: an SDK worker runs concurrent bundles in one process, each with its own DoFn
+            self.sink.write_part(self.rows, Path(f"{self.path}.parts/plain/part-{uuid.uuid4().hex}.jsonl"))
 
 
 def run_plain(data: Path, out: Path, beam_args: list[str] | None = None) -> None:

@@ -36,6 +36,21 @@ DIST = CACHE / f"flink-{FLINK_VERSION}"
 CLUSTER = CACHE / "cluster"
 BUILT_JAR = Path(__file__).resolve().parent.parent / "flink" / "jobserver" / "target" / "elspeth-flink-job-server.jar"
 
+# What Flink's own scripts pass every JVM on Java 17 (its default ``env.java.opts.all``). Without
+# them a task's OutOfMemoryError cannot be annotated (Flink sets Throwable.detailMessage by
+# reflection): that throws InaccessibleObjectException, the task never reaches a final state
+# and the TaskManager exits on "FATAL - exception in resource cleanup" — the real error unseen.
+JAVA_17_FLAGS = [
+    *(f"--add-exports={m}=ALL-UNNAMED" for m in (
+        "java.base/sun.net.util", "java.rmi/sun.rmi.registry", "jdk.compiler/com.sun.tools.javac.api",
+        "jdk.compiler/com.sun.tools.javac.file", "jdk.compiler/com.sun.tools.javac.parser",
+        "jdk.compiler/com.sun.tools.javac.tree", "jdk.compiler/com.sun.tools.javac.util",
+        "java.security.jgss/sun.security.krb5")),
+    *(f"--add-opens=java.base/{p}=ALL-UNNAMED" for p in (
+        "java.lang", "java.net", "java.io", "java.nio", "sun.nio.ch", "java.lang.reflect", "java.text",
+        "java.time", "java.util", "java.util.concurrent", "java.util.concurrent.atomic", "java.util.concurrent.locks")),
+]
+
 CONF = """\
 jobmanager.rpc.address: localhost
 jobmanager.rpc.port: 6123
@@ -43,7 +58,8 @@ jobmanager.bind-host: localhost
 jobmanager.memory.process.size: 1024m
 taskmanager.bind-host: localhost
 taskmanager.host: localhost
-taskmanager.memory.process.size: 2048m
+taskmanager.memory.process.size: 3072m
+taskmanager.memory.task.off-heap.size: 512m
 taskmanager.memory.network.fraction: 0.25
 taskmanager.memory.network.max: 512m
 taskmanager.numberOfTaskSlots: {slots}
@@ -139,7 +155,7 @@ def _resource_params(command: str, conf: Path) -> tuple[list[str], list[str]]:
 
 def _launch(name: str, main: str, jvm: list[str], args: list[str], conf: Path, runner: bool = False) -> int:
     log = CLUSTER / "log" / f"{name}.log"
-    cmd = ["java", *jvm, f"-Dlog.file={log}", f"-Dlog4j.configurationFile=file:{conf / 'log4j.properties'}",
+    cmd = ["java", *JAVA_17_FLAGS, *jvm, f"-Dlog.file={log}", f"-Dlog4j.configurationFile=file:{conf / 'log4j.properties'}",
            "-classpath", _classpath(runner), main, "--configDir", str(conf), *args]
     with (CLUSTER / "log" / f"{name}.out").open("ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
