@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     _run_args(rep)
     rep.add_argument("--out", "-o", default="report.html", help="the HTML file to write (default report.html)")
     rep.add_argument("--top", type=int, default=20, help="how many quarantine/failure reasons to list (default 20)")
+
+    plg = sub.add_parser("plugins", help="list the built-in and installed plugins with their options")
+    plg.add_argument("--json", action="store_true", help="print the list as JSON")
     return p
 
 
@@ -298,6 +301,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from elspeth_beam.plugins.catalog import catalog, render_text
+
+    infos = catalog()
+    if args.json:
+        print(json.dumps([i.model_dump() for i in infos], indent=2))
+    else:
+        print(render_text(infos), end="")
+    return EXIT_OK
+
+
 def _quiet_beam_import_noise(record: logging.LogRecord) -> bool:
     """Beam warns about optional Google Cloud libraries on every run; they are not needed."""
     return "apitools not found" not in record.getMessage()
@@ -374,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": lambda: _cmd_export(args),
         "report": lambda: _cmd_report(args),
         "bench": lambda: _cmd_bench(args, beam_args),
+        "plugins": lambda: _cmd_plugins(args),
     }
     try:
         return commands[args.command]()

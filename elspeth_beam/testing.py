@@ -2,16 +2,17 @@
 
     from elspeth_beam import testing
 
-    def test_my_pipeline(tmp_path):
-        run = testing.run_for_test("pipelines/mine.yaml", tmp_path)
+    def test_quickstart(tmp_path):
+        run = testing.run_for_test("pipelines/quickstart.yaml", tmp_path)   # sinks under tmp_path
         testing.assert_audit_complete(run)
-        assert run.result.summary["rows_per_sink"]["good"] == 42
+        assert run.result.summary["rows_per_sink"]["large"] == 62
 """
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_pipeline
 
-from elspeth_beam.config.loader import LoadedPipeline, load_settings_dict
+from elspeth_beam.config.loader import LoadedPipeline, expand_env, load_settings_dict
 from elspeth_beam.auditlog.buffer import AuditSegment
 from elspeth_beam.auditlog.loader import load_records
 from elspeth_beam.auditlog.records import RECORD_TYPES, tables_of, to_records
@@ -47,12 +48,17 @@ class TestRun:
     result: RunResult
     store: LandscapeStore
     journal: Path | None
+    sinks: dict[str, Path] = field(default_factory=dict)  # where each sink's file was written
 
     __test__ = False  # not a pytest test class
 
     @property
     def run_id(self) -> str:
         return self.result.run_id
+
+    def sink_path(self, name: str) -> Path:
+        """The file sink ``name`` wrote (under the test's folder unless the settings put it there)."""
+        return self.sinks[name]
 
     def segments(self) -> list[AuditSegment]:
         """Every audit segment the pipeline emitted (replays included), from the journal."""
@@ -83,9 +89,28 @@ def write_records(store: LandscapeStore, records: list[tuple]) -> int:
     return load_records(store.engine, tables_of(records))
 
 
-def load_for_test(settings: dict[str, Any] | str | Path, landscape: str, audit_log: Path | None = None) -> LoadedPipeline:
-    """The settings with the test's Landscape (and, given one, the test's audit-log folder)."""
+def sinks_in(settings: dict[str, Any], folder: Path, *, unless_under: Path | None = None) -> dict[str, Any]:
+    """A copy of raw settings whose file sinks write ``folder/<sink name><suffix>``; a sink whose
+    path (``${VAR}`` expanded) is already under ``unless_under``, or is a URL, keeps it."""
+    settings = copy.deepcopy(settings)
+    for name, sink in settings["sinks"].items():
+        path = (sink.get("options") or {}).get("path") if isinstance(sink, dict) else None
+        if not isinstance(path, str) or "://" in path:
+            continue
+        path = str(expand_env(path, "", []))
+        if unless_under is not None and Path(path).resolve().is_relative_to(Path(unless_under).resolve()):
+            continue
+        sink["options"]["path"] = str(folder / f"{name}{Path(path).suffix}")
+    return settings
+
+
+def load_for_test(settings: dict[str, Any] | str | Path, landscape: str, audit_log: Path | None = None,
+                  sinks_under: Path | None = None) -> LoadedPipeline:
+    """The settings with the test's Landscape (and, given one, the test's audit-log folder, and
+    every sink outside ``sinks_under`` moved to ``sinks_under/sinks/``)."""
     raw = yaml.safe_load(Path(settings).read_text()) if isinstance(settings, (str, Path)) else settings
+    if sinks_under is not None and isinstance(raw, dict) and isinstance(raw.get("sinks"), dict):
+        raw = sinks_in(raw, sinks_under / "sinks", unless_under=sinks_under)
     if audit_log is not None and not (raw.get("landscape") or {}).get("audit_log"):
         raw = {**raw, "landscape": {**(raw.get("landscape") or {}), "audit_log": str(audit_log)}}
     return load_settings_dict(raw, landscape_url=landscape)
@@ -100,10 +125,13 @@ def run_for_test(
     journal: bool = False,
     landscape: str | None = None,
 ) -> TestRun:
-    """Run a pipeline on Beam's TestPipeline (FnApiRunner by default) with a temp Landscape."""
+    """Run a pipeline on Beam's TestPipeline (FnApiRunner by default) with a temp Landscape; its
+    sinks write under ``tmp_path/sinks/`` (``run.sink_path(name)``) unless already under tmp_path,
+    so a test never overwrites what a real run of the same YAML wrote."""
     url = landscape or landscape_url(tmp_path)
     # a SQLite Landscape keeps its audit log beside it; any other keeps it under the test's folder
-    loaded = load_for_test(settings, url, audit_log=None if url.startswith("sqlite") else tmp_path / "audit-log")
+    loaded = load_for_test(settings, url, audit_log=None if url.startswith("sqlite") else tmp_path / "audit-log",
+                           sinks_under=tmp_path)
     journal_path = tmp_path / f"journal-{run_id or 'run'}.jsonl" if journal else None
     if journal_path is not None and journal_path.exists():
         journal_path.unlink()
@@ -116,7 +144,8 @@ def run_for_test(
             built.audit() | "Journal" >> beam.ParDo(_JournalFn(str(journal_path)))
 
     result = execute_run(loaded, beam_args=beam_args, run_id=run_id, make_pipeline=make_pipeline, tap=tap)
-    return TestRun(result=result, store=LandscapeStore(url), journal=journal_path)
+    sinks = {name: Path(sink.options["path"]) for name, sink in loaded.settings.sinks.items()}
+    return TestRun(result=result, store=LandscapeStore(url), journal=journal_path, sinks=sinks)
 
 
 def assert_audit_complete(run: TestRun | RunResult, store: LandscapeStore | None = None) -> VerifyReport:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from elspeth_beam import testing
+
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "pipelines" / "quickstart.yaml"
 
@@ -22,11 +24,8 @@ def retarget(settings: dict, out_dir: Path) -> dict:
     settings = copy.deepcopy(settings)
     src = settings["source"]["options"]
     src["path"] = str((REPO / src["path"]).resolve()) if not Path(src["path"]).is_absolute() else src["path"]
-    for name, sink in settings["sinks"].items():
-        suffix = Path(sink["options"]["path"]).suffix
-        sink["options"]["path"] = str(out_dir / f"{name}{suffix}")
     settings.pop("landscape", None)
-    return settings
+    return testing.sinks_in(settings, out_dir)
 
 
 @pytest.fixture

@@ -657,8 +657,8 @@ def test_bundle_repeat_leaves_the_same_landscape(tmp_path, user_plugins, case):
     for label, args in (("plain", ()), ("repeat", ("--direct_runner_bundle_repeat=3",))):
         work = tmp_path / label
         settings = agg_settings(work, rows, out_dir=out_dir, **kwargs)
-        result = testing.run_for_test(
-            settings, work, run_id="run-bundle-repeat", beam_args=args, journal=True,
+        result = testing.run_for_test(  # tmp_path, not work: both runs write the same sink paths
+            settings, tmp_path, run_id="run-bundle-repeat", beam_args=args, journal=True,
             landscape=testing.landscape_url(tmp_path, f"{label}.db"),
         )
         testing.assert_audit_complete(result)

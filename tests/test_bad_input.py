@@ -70,7 +70,7 @@ def test_unknown_plugin_lists_the_known_ones(tmp_path):
     _assert_usage_error(proc)
     assert "source.plugin" in proc.stderr
     assert "unknown source plugin 'xlsx'" in proc.stderr
-    assert "known: csv, jsonl, parquet" in proc.stderr
+    assert "built-in: csv, jsonl, parquet" in proc.stderr
 
 
 def test_invalid_yaml_names_the_line(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from elspeth_beam.core.errors import RowError
 from elspeth_beam.plugins.base import BatchPlugin, PluginOptions
@@ -13,8 +13,8 @@ Stat = Literal["count", "sum", "mean", "min", "max"]
 
 
 class BatchStatsOptions(PluginOptions):
-    fields: list[str]
-    stats: list[Stat] = ["count", "sum", "mean", "min", "max"]
+    fields: list[str] = Field(description="the numeric fields to summarise")
+    stats: list[Stat] = Field(default=["count", "sum", "mean", "min", "max"], description="the statistics per field")
 
     @field_validator("fields")
     @classmethod
@@ -55,7 +55,7 @@ class BatchStats(BatchPlugin):
 
 
 class DedupeOptions(PluginOptions):
-    fields: list[str]
+    fields: list[str] = Field(description="the fields whose combination must be distinct")
 
 
 class Dedupe(BatchPlugin):

@@ -13,11 +13,13 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from elspeth_beam.plugins.base import PluginOptions, SinkPlugin
 
 
 class FileSinkOptions(PluginOptions):
-    path: str
+    path: str = Field(description="the file to write (its parts go to <path>.parts/<run id>/ until the run's merge)")
 
 
 def temp_name(target: Path) -> Path:
@@ -69,6 +71,8 @@ def _cell(value: Any) -> Any:
 
 
 class CsvSink(SinkPlugin):
+    """A CSV file with a header: the rows' own column order when all rows agree, else sorted."""
+
     name = "csv"
     extension: ClassVar[str] = "csv"
     Options = FileSinkOptions
@@ -91,6 +95,8 @@ class CsvSink(SinkPlugin):
 
 
 class JsonlSink(SinkPlugin):
+    """One JSON object per line, each row with its own keys."""
+
     name = "jsonl"
     extension: ClassVar[str] = "jsonl"
     Options = FileSinkOptions
@@ -113,6 +119,8 @@ class JsonlSink(SinkPlugin):
 
 
 class ParquetSink(SinkPlugin):
+    """A Parquet file; columns as for csv, types as pyarrow infers them."""
+
     name = "parquet"
     extension: ClassVar[str] = "parquet"
     Options = FileSinkOptions

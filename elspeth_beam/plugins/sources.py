@@ -34,8 +34,10 @@ _BOM = "\ufeff"
 
 
 class FileSourceOptions(PluginOptions):
-    path: str
-    schema_: dict[str, str] = Field(default={}, alias="schema")
+    path: str = Field(description="the file, or a glob of files read in path order (relative to the working directory)")
+    schema_: dict[str, str] = Field(default={}, alias="schema", description=(
+        "field → type (str, int, float, bool, date, datetime; `?` = nullable): rows that do not "
+        "coerce are validation failures"))
 
     @field_validator("schema_")
     @classmethod
@@ -46,7 +48,7 @@ class FileSourceOptions(PluginOptions):
 
 
 class TextSourceOptions(FileSourceOptions):
-    encoding: str = "utf-8"
+    encoding: str = Field(default="utf-8", description="the file's text encoding (e.g. utf-8, cp1252, latin-1)")
 
     @field_validator("encoding")
     @classmethod
@@ -167,7 +169,7 @@ def _visible(text: str) -> str:
 
 
 class CsvSourceOptions(TextSourceOptions):
-    delimiter: str = ","
+    delimiter: str = Field(default=",", description="the field separator")
 
 
 class _LineTape:
@@ -403,6 +405,8 @@ def _json_native(value: Any) -> Any:
 
 
 class ParquetSource(_FileSource):
+    """Parquet; each row is a record, a file splits at row groups."""
+
     name = "parquet"
 
     def preflight(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from elspeth_beam.core.errors import RowError
 from elspeth_beam.plugins.base import PluginOptions, TransformPlugin
@@ -13,10 +13,10 @@ from elspeth_beam.plugins.expressions import Expression
 
 
 class FieldMapperOptions(PluginOptions):
-    rename: dict[str, str] = {}
-    select: list[str] | None = None
-    drop: list[str] = []
-    strict: bool = True  # a renamed/selected field missing from the row is an error
+    rename: dict[str, str] = Field(default={}, description="old name → new name")
+    select: list[str] | None = Field(default=None, description="keep only these fields, in this order")
+    drop: list[str] = Field(default=[], description="fields to remove")
+    strict: bool = Field(default=True, description="a renamed or selected field missing from the row is an error")
 
     @model_validator(mode="after")
     def _something_to_do(self) -> "FieldMapperOptions":
@@ -49,7 +49,7 @@ class FieldMapper(TransformPlugin):
 
 
 class CoerceOptions(PluginOptions):
-    fields: dict[str, str]
+    fields: dict[str, str] = Field(description="field → type (str, int, float, bool, date, datetime; `?` = nullable)")
 
     @field_validator("fields")
     @classmethod
@@ -71,7 +71,7 @@ class Coerce(TransformPlugin):
 
 
 class ComputedOptions(PluginOptions):
-    fields: dict[str, Expression]
+    fields: dict[str, Expression] = Field(description="new field → expression over `row` (evaluated in order)")
 
     model_config = PluginOptions.model_config | {"arbitrary_types_allowed": True}
 
