@@ -4,4 +4,9 @@ The data path: ``config`` (YAML settings) → ``pipeline`` (Beam nodes that emit
 audit events) → ``landscape`` (the SQL audit trail, and the tools that read it).
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # setup.py declares the version; the installed package's metadata carries it here
+    __version__ = version("elspeth_beam")
+except PackageNotFoundError:  # a checkout on PYTHONPATH that was never installed
+    __version__ = "0+unknown"

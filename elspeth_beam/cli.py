@@ -1,4 +1,4 @@
-"""elspeth-beam command line: run, validate, explain, verify, prove, resume, runs, show, export, report, bench.
+"""elspeth-beam command line: run, validate, explain, verify, prove, resume, runs, show, export, report, bench, plugins.
 
 User mistakes (bad settings, missing files, unknown runs) exit with code 2 and a message
 that says what to fix — never a traceback.
@@ -14,89 +14,177 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from elspeth_beam.core.errors import ElspethError, PipelineFailedError, RunInterruptedError, SettingsError
+from elspeth_beam.core.errors import ElspethError, PipelineFailedError, RunInterruptedError, SettingsError, UsageError
+from elspeth_beam.landscape import DEFAULT_PATH as DEFAULT_LANDSCAPE
 
 if TYPE_CHECKING:
     from elspeth_beam.run import RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # 130: 128 + SIGINT, as shells report Ctrl-C
-DEFAULT_LANDSCAPE = "runs/landscape.db"
+
+EPILOG = f"""exit codes:
+  {EXIT_OK}    done: the run completed and verified; verify, prove, bench found no problem
+  {EXIT_FAILED}    the run failed (the pipeline raised, verify found a problem, too many rows set
+       aside), verify or prove found a problem, bench's variants wrote different rows
+  {EXIT_USAGE}    a usage mistake: bad settings, an unknown option or run, a run id already
+       used, an output that cannot be written, a file that is not a Landscape
+  {EXIT_INTERRUPTED}  interrupted by Ctrl-C; the run is recorded interrupted: elspeth-beam resume RUN_ID
+
+environment:
+  ELSPETH_FINGERPRINT_KEY  the key of the HMAC fingerprints recorded for secrets (without it: ***)
+  ${{VAR}}, ${{VAR:-default}}  any variable a settings file names: the example pipelines read OUT_DIR
+                           and LANDSCAPE_URL (their landscape.url); no command reads a variable
+                           for the Landscape itself, so give the others -l "$LANDSCAPE_URL"
+  ELSPETH_FAULT            crash tests: kill the run at a chosen point (exit 137), see the README
+"""
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="elspeth-beam", description="Auditable Apache Beam pipelines.")
-    sub = p.add_subparsers(dest="command", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and option, each with its help (``tests/test_cli_help.py`` walks them)."""
+    p = argparse.ArgumentParser(prog="elspeth-beam", description="Auditable Apache Beam pipelines.", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action=_VersionAction, help="print the versions of elspeth-beam, Apache Beam and Python")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (add_arguments, help_text) in _COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter))
+    return p
 
-    run = sub.add_parser("run", help="run a pipeline; Beam options may follow (e.g. --runner X); any after -- go to Beam unchecked")
-    run.add_argument("settings", help="pipeline YAML")
-    run.add_argument("--landscape-url", "-l", help="SQLAlchemy URL or SQLite path of the audit database")
+
+def _run_parser(run: argparse.ArgumentParser) -> None:
+    run.epilog = EPILOG
+    run.add_argument("settings", help="the pipeline's settings (YAML)")
+    _landscape_arg(run, default="the settings' landscape.url, else " + DEFAULT_LANDSCAPE)
     run.add_argument("--run-id", help="use this run id (default: generated)")
     _output_args(run)
 
-    val = sub.add_parser("validate", help="check a pipeline YAML without running it")
-    val.add_argument("settings")
 
-    exp = sub.add_parser("explain", help="explain what happened to a row or token")
-    exp.add_argument("landscape", help="SQLite path or SQLAlchemy URL")
-    exp.add_argument("--run", help="run id (default: the latest run)")
+def _validate_parser(val: argparse.ArgumentParser) -> None:
+    val.add_argument("settings", help="the pipeline's settings (YAML); prints its graph when they are valid")
+
+
+def _explain_parser(exp: argparse.ArgumentParser) -> None:
+    _run_args(exp)
     target = exp.add_mutually_exclusive_group(required=True)
     target.add_argument("--row", type=int, help="source row index (0-based)")
-    target.add_argument("--row-id")
-    target.add_argument("--token", help="token id")
+    target.add_argument("--row-id", help="source row id (row_…, as recorded in the rows table)")
+    target.add_argument("--token", help="token id (tok_…)")
     target.add_argument("--sink", help="sink name (with --line)")
     exp.add_argument("--line", type=int, help="data line in the sink's file, 1-based (with --sink)")
-    exp.add_argument("--json", action="store_true")
+    exp.add_argument("--run", help=argparse.SUPPRESS)  # the old form; refused with the new one
+    out = exp.add_mutually_exclusive_group()
+    out.add_argument("--full", action="store_true",
+                     help="list every ancestor token and every member of every batch (default: a summary per batch)")
+    out.add_argument("--json", action="store_true", help="print everything as JSON (as --full, for tools)")
 
-    res = sub.add_parser("resume", help="finish a run that died, from what its Landscape committed")
-    res.add_argument("run_id")
-    res.add_argument("--landscape-url", "-l", default=None, help="the run's Landscape (default runs/landscape.db)")
+
+def _resume_parser(res: argparse.ArgumentParser) -> None:
+    res.epilog = EPILOG
+    res.add_argument("run_id", help="the run to finish (`elspeth-beam runs --status running` lists them)")
+    _landscape_arg(res)
     res.add_argument("--settings", help="the run's settings file (needed when secrets were redacted)")
     _output_args(res)
 
-    lst = sub.add_parser("runs", help="list the runs in a Landscape")
-    lst.add_argument("landscape", nargs="?", default=None, help="SQLite path or SQLAlchemy URL (default runs/landscape.db)")
-    lst.add_argument("--landscape-url", "-l", default=None, help="the same, as an option (as for show, export, verify)")
+
+def _runs_parser(lst: argparse.ArgumentParser) -> None:
+    from elspeth_beam.core.enums import RunStatus
+
+    lst.add_argument("landscape", nargs="?", default=None, help="the same as -l (kept for old scripts)")
+    _landscape_arg(lst)
+    lst.add_argument("--pipeline", metavar="NAME",
+                     help="only runs of this settings file: its path, file name or name without .yaml (e.g. quickstart)")
+    lst.add_argument("--status", choices=[s.value for s in RunStatus], help="only runs in this status")
     lst.add_argument("--json", action="store_true", help="print the runs as JSON")
 
-    ben = sub.add_parser("bench", help="measure the audit's cost: plain Beam vs elspeth_beam, same pipeline")
-    ben.add_argument("--rows", type=int, default=100_000)
-    ben.add_argument("--repeat", type=int, default=3)
-    ben.add_argument("--json", action="store_true")
 
-    ver = sub.add_parser("verify", help="check a run's audit invariants and its tamper-evident digest")
+def _bench_parser(ben: argparse.ArgumentParser) -> None:
+    ben.add_argument("--rows", type=int, default=100_000, help="rows of generated input per variant (default 100000)")
+    ben.add_argument("--repeat", type=int, default=3, help="runs of each variant; the median is reported (default 3)")
+    ben.add_argument("--json", action="store_true", help="print the measurements as JSON")
+
+
+def _verify_parser(ver: argparse.ArgumentParser) -> None:
     _run_args(ver)
     ver.add_argument("--expect-digest", metavar="ROOT", help="the run's digest root as kept elsewhere; fail if it differs")
 
-    prv = sub.add_parser("prove", help="prove that a source row's audit records are in the run's digest root (JSON)")
+
+def _prove_parser(prv: argparse.ArgumentParser) -> None:
     _run_args(prv)
     prv.add_argument("--row", type=int, required=True, help="source row index (0-based)")
     prv.add_argument("--out", "-o", help="write the proof to this file (default: stdout); check it with tools/check_proof.py")
 
-    shw = sub.add_parser("show", help="one run at a glance: header, settings, nodes, outcomes, batches, errors")
+
+def _show_parser(shw: argparse.ArgumentParser) -> None:
     _run_args(shw)
     shw.add_argument("--top", type=int, default=10, help="how many quarantine/failure reasons to list (default 10)")
-    shw.add_argument("--json", action="store_true")
+    shw.add_argument("--json", action="store_true", help="print the run as JSON")
 
-    ex = sub.add_parser("export", help="write every Landscape table of a run to typed files plus a manifest")
+
+def _export_parser(ex: argparse.ArgumentParser) -> None:
     _run_args(ex)
     ex.add_argument("--format", choices=["parquet", "jsonl"], default="parquet", help="file format (default parquet)")
     ex.add_argument("--out", required=True, help="folder to create (must be new or empty)")
     ex.add_argument("--force", action="store_true", help="write into a non-empty folder, replacing earlier export files")
 
-    rep = sub.add_parser("report", help="write a run's Landscape as one static HTML page (graph, counts, batches, reasons)")
+
+def _report_parser(rep: argparse.ArgumentParser) -> None:
     _run_args(rep)
     rep.add_argument("--out", "-o", default="report.html", help="the HTML file to write (default report.html)")
     rep.add_argument("--top", type=int, default=20, help="how many quarantine/failure reasons to list (default 20)")
 
-    plg = sub.add_parser("plugins", help="list the built-in and installed plugins with their options")
-    plg.add_argument("--json", action="store_true", help="print the list as JSON")
-    return p
+
+def _plugins_parser(plg: argparse.ArgumentParser) -> None:
+    plg.add_argument("--json", action="store_true", help="print the list as JSON (each plugin's kind, origin and options)")
+
+
+_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {
+    "run": (_run_parser, "run a pipeline; Beam options may follow (e.g. --runner X); any after -- go to Beam unchecked"),
+    "validate": (_validate_parser, "check a pipeline YAML without running it, and print its graph"),
+    "explain": (_explain_parser, "explain what happened to a row, a token or a line of a sink's file"),
+    "resume": (_resume_parser, "finish a run that died, from what its Landscape committed"),
+    "runs": (_runs_parser, "list the runs in a Landscape: pipeline, status, times, rows, outcomes"),
+    "bench": (_bench_parser, "measure the audit's cost: plain Beam vs elspeth_beam, same pipeline"),
+    "verify": (_verify_parser, "check a run's audit invariants and its tamper-evident digest"),
+    "prove": (_prove_parser, "prove that a source row's audit records are in the run's digest root (JSON)"),
+    "show": (_show_parser, "one run at a glance: header, settings, nodes, outcomes, batches, errors"),
+    "export": (_export_parser, "write every Landscape table of a run to typed files plus a manifest"),
+    "report": (_report_parser, "write a run's Landscape as one static HTML page (graph, counts, batches, reasons)"),
+    "plugins": (_plugins_parser, "list the built-in and installed plugins with their options"),
+}
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: looked up only when asked, from the installed packages' metadata."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(version_text())
+        parser.exit()
+
+
+def version_text() -> str:
+    """``elspeth-beam X.Y.Z (apache-beam A.B.C, Python …)``: this package's version is setup.py's."""
+    import platform
+    from importlib.metadata import version
+
+    import elspeth_beam
+
+    return f"elspeth-beam {elspeth_beam.__version__} (apache-beam {version('apache-beam')}, Python {platform.python_version()})"
+
+
+def _landscape_arg(parser: argparse.ArgumentParser, default: str = DEFAULT_LANDSCAPE) -> None:
+    """-l/--landscape-url: the same on every command that touches a Landscape (``run`` says
+    its default differs: the settings name the Landscape unless -l does)."""
+    parser.add_argument("--landscape-url", "-l", metavar="URL", default=None,
+                        help=f"the Landscape: a SQLite path or SQLAlchemy URL (default {default})")
 
 
 def _run_args(parser: argparse.ArgumentParser) -> None:
     """The arguments every command about one recorded run shares: RUN_ID and --landscape-url."""
     parser.add_argument("run_id", nargs="?", default="latest", help="run id (default: latest)")
-    parser.add_argument("--landscape-url", "-l", default=None, help="the Landscape: SQLite path or SQLAlchemy URL (default runs/landscape.db)")
+    _landscape_arg(parser)
 
 
 def _output_args(parser: argparse.ArgumentParser) -> None:
@@ -147,8 +235,18 @@ def _report_result(result: RunResult, args: argparse.Namespace) -> int:
 
 def _run_store(args: argparse.Namespace):
     """The Landscape and run id named by ``_run_args``; ``latest`` resolves to the newest run."""
+    _refuse_landscape_as_run_id(args.command, args.run_id)
     store = _store(args.landscape_url or DEFAULT_LANDSCAPE)
     return store, (store.latest_run_id() if args.run_id == "latest" else args.run_id)
+
+
+def _refuse_landscape_as_run_id(command: str, run_id: str) -> None:
+    """A Landscape where the RUN_ID goes (``explain LANDSCAPE --row 3``, the form explain took
+    before it took the run like the others) is refused, not looked up as a run id."""
+    if "://" in run_id or "/" in run_id or os.sep in run_id or run_id.endswith((".db", ".sqlite", ".sqlite3")) \
+            or os.path.isfile(run_id):
+        raise UsageError(f"{run_id!r} is a Landscape, not a run id; name the Landscape with -l: "
+                         f"elspeth-beam {command} [RUN_ID] -l {run_id} …")
 
 
 def _cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -161,6 +259,7 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from elspeth_beam.config.graph import render_tree
     from elspeth_beam.config.loader import load_settings
     from elspeth_beam.config.preflight import all_problems
 
@@ -168,8 +267,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     problems = all_problems(loaded)
     if problems:
         raise SettingsError(problems)
-    names = " → ".join(n.name for n in loaded.graph.nodes)
-    print(f"{args.settings}: OK ({len(loaded.graph.nodes)} nodes: {names})")
+    print(f"{args.settings}: OK ({len(loaded.graph.nodes)} nodes, {len(loaded.graph.edges())} edges)")
+    print(render_tree(loaded.graph))
     return EXIT_OK
 
 
@@ -189,17 +288,18 @@ def _store(landscape: str):
 def _cmd_explain(args: argparse.Namespace) -> int:
     from elspeth_beam.inspect import explain
 
-    store = _store(args.landscape)
-    run_id = args.run or store.latest_run_id()
+    if args.run is not None:
+        raise UsageError(f"explain takes the run like the other commands: elspeth-beam explain {args.run} [-l LANDSCAPE] --row N")
+    store, run_id = _run_store(args)
     if args.sink is not None:
         if args.line is None:
-            raise ElspethError("--sink needs --line N (the 1-based data line in the sink's file)")
+            raise UsageError("--sink needs --line N (the 1-based data line in the sink's file)")
         result = explain.explain_token(store, run_id, explain.token_at_sink_line(store, run_id, args.sink, args.line))
     elif args.token:
         result = explain.explain_token(store, run_id, args.token)
     else:
         result = explain.explain_row(store, run_id, row_index=args.row, row_id=args.row_id)
-    print(json.dumps(result, indent=2, sort_keys=True) if args.json else explain.render_text(result))
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json else explain.render_text(result, full=args.full))
     return EXIT_OK
 
 
@@ -214,20 +314,33 @@ def _cmd_resume(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from elspeth_beam.inspect.summary import list_runs
+    from elspeth_beam.inspect.summary import display_url, list_runs
 
     store = _store(args.landscape_url or args.landscape or DEFAULT_LANDSCAPE)
-    runs = list_runs(store)
+    runs = list_runs(store, pipeline=args.pipeline, status=args.status)
     if args.json:
         print(json.dumps(runs, indent=2))
         return EXIT_OK
-    print(f"{'run id':<28} {'status':<11} {'started':<32} {'duration':>9} {'rows':>7}  outcomes")
+    print(_runs_table(runs) if runs else f"no runs{_runs_filter(args)}")
+    print(f"landscape: {display_url(store.url)}")
+    return EXIT_OK
+
+
+def _runs_table(runs: list[dict[str, Any]]) -> str:
+    """One line per run; the pipeline column is as wide as its longest settings path."""
+    width = max(len("pipeline"), *(len(r["settings_path"] or "-") for r in runs))
+    lines = [f"{'run id':<28} {'pipeline':<{width}}  {'status':<11} {'started':<32} {'duration':>9} {'rows':>7}  outcomes"]
     for r in runs:
         took = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "-"
         outcomes = " ".join(f"{k}={v}" for k, v in r["outcomes"].items()) or "-"
-        print(f"{r['run_id']:<28} {r['status']:<11} {r['started_at']:<32} {took:>9} {r['rows']:>7}  {outcomes}")
-    print(f"landscape: {store.engine.url.render_as_string(hide_password=True)}")
-    return EXIT_OK
+        lines.append(f"{r['run_id']:<28} {r['settings_path'] or '-':<{width}}  {r['status']:<11} {r['started_at']:<32} "
+                     f"{took:>9} {r['rows']:>7}  {outcomes}")
+    return "\n".join(lines)
+
+
+def _runs_filter(args: argparse.Namespace) -> str:
+    asked = [f"--{name} {value}" for name, value in (("pipeline", args.pipeline), ("status", args.status)) if value]
+    return f" match {' '.join(asked)}" if asked else ""
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -371,7 +484,7 @@ def _no_interrupt_traceback(record: logging.LogRecord) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
+    parser = build_parser()
     split = argv.index("--") if "--" in argv else len(argv)
     args, unknown = parser.parse_known_args(argv[:split])
     _setup_logging()

@@ -220,6 +220,7 @@ def execute_run(
         run_id=run_id,
         settings_json=loaded.settings_json,
         settings_hash=loaded.settings_hash,
+        settings_path=loaded.path,
         runner=runner_label,
         beam_options=Fingerprinter.from_env().protect(options.get_all_options(drop_default=True)),
         nodes=_node_rows(loaded),

@@ -129,7 +129,7 @@ def test_unknown_runner_does_not_leave_a_run_running(tmp_path):
 def test_a_file_that_is_not_a_landscape_is_a_clear_error(tmp_path, command, content):
     path = tmp_path / "not-a-landscape.db"
     path.write_bytes(content)
-    args = [str(path), "--row", "0"] if command == "explain" else ["latest", "--landscape-url", str(path)]
+    args = ["-l", str(path), "--row", "0"] if command == "explain" else ["latest", "--landscape-url", str(path)]
     proc = _cli(command, *args)
     _assert_usage_error(proc)
     assert str(path) in proc.stderr

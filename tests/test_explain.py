@@ -134,7 +134,8 @@ def test_forked_row_has_parent_and_two_routed_children(qs):
     assert [a["token_id"] for a in child["ancestors"]] == [parent["token_id"]]
     assert [r["row_index"] for r in child["source_rows"]] == [9]
     text = explain.render_text(child)
-    assert "outcome: ROUTED" in text and "source rows: 9" in text
+    assert "outcome: ROUTED" in text
+    assert f"from source row index 9 (row_id {child['source_rows'][0]['row_id']})" in text.splitlines()
 
 
 @pytest.mark.parametrize(
@@ -210,18 +211,34 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_explain_json_and_missing_row(qs):
     run, _, tmp = qs
     db = str(tmp / "landscape.db")
-    ok = _cli("explain", db, "--run", run.run_id, "--row", "3", "--json")
+    ok = _cli("explain", run.run_id, "-l", db, "--row", "3", "--json")
     assert ok.returncode == 0, ok.stderr
     data = json.loads(ok.stdout)
     assert data["run_id"] == run.run_id
     assert data["row"]["row_index"] == 3
     assert data == json.loads(json.dumps(explain.explain_row(run.store, run.run_id, row_index=3)))
+    assert _cli("explain", "-l", db, "--row", "3", "--json").stdout == ok.stdout  # the latest run by default
 
-    missing = _cli("explain", db, "--run", run.run_id, "--row", "4000")
+    missing = _cli("explain", run.run_id, "-l", db, "--row", "4000")
     assert missing.returncode == 2
     assert "Traceback" not in missing.stderr
     assert "has no row with index 4000" in missing.stderr
     assert missing.stdout == ""
+
+
+@pytest.mark.parametrize("old", [["{db}", "--row", "3"], ["{db}", "--run", "{run}", "--row", "3"]], ids=["landscape", "with-run"])
+def test_the_old_explain_form_is_refused_with_the_new_one(qs, old):
+    """``explain LANDSCAPE --row 3`` was the form before explain took the run like the others:
+    a path where the run id goes is refused with the new form, not looked up as a run id."""
+    run, _, tmp = qs
+    db = str(tmp / "landscape.db")
+    proc = _cli("explain", *(a.format(db=db, run=run.run_id) for a in old))
+    assert (proc.returncode, proc.stdout) == (2, "")
+    (line,) = proc.stderr.splitlines()
+    if "--run" in old:
+        assert line == f"elspeth-beam: error: explain takes the run like the other commands: elspeth-beam explain {run.run_id} [-l LANDSCAPE] --row N"
+    else:
+        assert line == f"elspeth-beam: error: {db!r} is a Landscape, not a run id; name the Landscape with -l: elspeth-beam explain [RUN_ID] -l {db} …"
 
 
 # ---- an aggregated output: every member row and the flush --------------------------------
@@ -281,4 +298,65 @@ def test_an_aggregated_sink_line_names_every_member_row_and_the_flush(rolled_up)
         listed = ", ".join(f"#{i} row {r}" for i, r in enumerate(ordinal_order[batch_id]))
         assert f"    members ({len(summed)}): {listed}" in rendered.splitlines()
         assert any(ln.startswith(f"    flush {ROLLUP}") and " completed " in ln for ln in rendered.splitlines()), text
-        assert "source rows: " + ", ".join(map(str, summed)) in rendered
+        assert f"from {len(summed)} source rows, row indexes " + ", ".join(map(str, summed)) in rendered.splitlines()
+
+
+# ---- a line of the accounts pipeline's totals: summarised by default, everything with --full ------
+
+@pytest.fixture(scope="module")
+def accounts(tmp_path_factory):
+    """An accounts run (dedupe in transform mode, then totals per account): a totals line
+    descends from a batch of dedupe outputs, each of which has every member of its batch as a parent."""
+    tmp = tmp_path_factory.mktemp("explain-accounts")
+    settings = retarget(yaml.safe_load((REPO / "pipelines" / "accounts.yaml").read_text()), tmp / "out")
+    run = testing.run_for_test(settings, tmp)
+    testing.assert_audit_complete(run)
+    token = explain.token_at_sink_line(run.store, run.run_id, "totals", 1)
+    return run, tmp / "landscape.db", explain.explain_token(run.store, run.run_id, token)
+
+
+def _member_label(m: dict) -> str:
+    return f"#{m['ordinal']} row {m['row_index']}" if m["row_index"] is not None else f"#{m['ordinal']} {m['token_id']}"
+
+
+def test_an_aggregated_line_is_summarised_per_batch(accounts):
+    _, _, e = accounts
+    assert len(e["ancestors"]) > explain.MANY and any(len(b["members"]) > explain.MANY for b in e["batches"])
+    lines = explain.render_text(e).splitlines()
+    # the token itself (≤ 4 lines: head, its flush state's sink state, outcome) + source rows + ancestors, then 3 a batch
+    assert len(lines) <= 1 + 4 + len(e["token"]["states"]) + 2 + 3 * len(e["batches"]), "\n".join(lines)
+    for b in e["batches"]:
+        head = next(i for i, ln in enumerate(lines) if ln.startswith(f"  batch {b['batch_id']} at {b['node_id']} "))
+        assert f"trigger {b['trigger_type']} ({b['trigger_reason']})" in lines[head]
+        members = next(ln for ln in lines[head:] if ln.startswith("    members ("))
+        labels = [_member_label(m) for m in b["members"]]
+        assert members.startswith(f"    members ({len(labels)}): {', '.join(labels[:explain.FEW])}")
+        assert members.endswith(", ".join(labels[-explain.FEW:]))
+        left_out = len(labels) - 2 * explain.FEW
+        assert (f"… {left_out} more …" in members) == (len(labels) > explain.MANY)
+    made_at = {a["created_at_node"] for a in e["ancestors"]}
+    (summary,) = [ln for ln in lines if ln.startswith("ancestors: ")]
+    assert summary.startswith(f"ancestors: {len(e['ancestors'])} tokens, made at ") and all(n in summary for n in made_at)
+    rows = [r["row_index"] for r in e["source_rows"]]
+    assert f"from {len(rows)} source rows, row indexes {', '.join(map(str, rows[:explain.FEW]))}, …" in "\n".join(lines)
+
+
+def test_full_lists_every_member_and_ancestor(accounts):
+    _, _, e = accounts
+    text = explain.render_text(e, full=True)
+    for b in e["batches"]:
+        assert f"    members ({len(b['members'])}): {', '.join(_member_label(m) for m in b['members'])}" in text.splitlines()
+    for a in e["ancestors"]:
+        assert f"  token {a['token_id']}" in text
+    assert ", ".join(str(r["row_index"]) for r in e["source_rows"]) in text
+    assert len(text.splitlines()) > 3 * len(explain.render_text(e).splitlines())
+
+
+def test_cli_explain_summarises_a_totals_line_and_json_keeps_everything(accounts):
+    run, db, e = accounts
+    args = ("explain", run.run_id, "-l", str(db), "--sink", "totals", "--line", "1")
+    summary, full, as_json = _cli(*args), _cli(*args, "--full"), _cli(*args, "--json")
+    assert [summary.returncode, full.returncode, as_json.returncode] == [0, 0, 0], summary.stderr + full.stderr + as_json.stderr
+    assert summary.stdout == explain.render_text(e) + "\n"
+    assert full.stdout == explain.render_text(e, full=True) + "\n"
+    assert json.loads(as_json.stdout) == json.loads(json.dumps(e))

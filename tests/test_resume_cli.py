@@ -373,10 +373,10 @@ def test_runs_lists_run_ids_with_status_and_rows(several_runs) -> None:
     listed = {}
     lines = proc.stdout.splitlines()
     assert lines[-1] == f"landscape: sqlite:///{db}"
-    for line in lines[1:-1]:  # run id, status, started, duration, rows, outcomes
-        m = re.match(r"^(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\d+)\s+(\S.*)$", line)
+    for line in lines[1:-1]:  # run id, pipeline, status, started, duration, rows, outcomes
+        m = re.match(r"^(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\d+)\s+(\S.*)$", line)
         assert m, f"unparseable line {line!r} in\n{proc.stdout}"
-        listed[m.group(1)] = (m.group(2), int(m.group(5)))
+        listed[m.group(1)] = (m.group(3), int(m.group(6)))
     truth = {
         rid: (status, sql(db, "SELECT COUNT(*) FROM rows WHERE run_id = ?", rid)[0][0])
         for rid, status in sql(db, "SELECT run_id, status FROM runs")

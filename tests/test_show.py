@@ -163,10 +163,12 @@ def test_runs_lists_times_rows_and_outcomes(two_runs, capsys):
 
     assert main(["runs", str(db)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["run", "id", "status", "started", "duration", "rows", "outcomes"]
+    assert lines[0].split() == ["run", "id", "pipeline", "status", "started", "duration", "rows", "outcomes"]
     for r, line in zip(listed, lines[1:]):
         outcomes = " ".join(f"{k}={v}" for k, v in r["outcomes"].items())
-        assert line.split() == [r["run_id"], r["status"], r["started_at"], f"{r['duration_s']:.1f}s", str(r["rows"]), *outcomes.split()]
+        assert r["settings_path"] is None  # run_for_test's settings are a dict, not a file
+        assert line.split() == [r["run_id"], "-", r["status"], r["started_at"], f"{r['duration_s']:.1f}s", str(r["rows"]),
+                                *outcomes.split()]
 
 
 @pytest.mark.postgres

@@ -229,3 +229,36 @@ def _topological(
     ordered = [by_name[n] for n in order] + cyclic
     # sinks last, in declaration order, so node positions read like the data path
     return [s for s in ordered if s.node_type is not NodeType.SINK] + [s for s in ordered if s.node_type is NodeType.SINK]
+
+
+def render_tree(graph: PipelineGraph) -> str:
+    """The graph as an indented tree from the source along ``edges()``, one line per edge,
+    labelled by its route (gates' routes, ``on_error``; ``on_success`` unlabelled): a fork shows
+    as siblings, so nothing reads as feeding what it does not. A node reached a second time is
+    named, not expanded again, so every edge appears exactly once."""
+    children: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for edge in sorted(graph.edges(), key=lambda e: e["label"] != "on_error"):  # errors first: the main path ends each level
+        children[edge["from_node"]].append((edge["label"], edge["to_node"]))
+    lines = [_tree_node(graph.source)]
+    expanded = {graph.source.node_id}
+
+    def walk(node_id: str, indent: str) -> None:
+        kids = children.get(node_id, [])
+        for i, (label, target) in enumerate(kids):
+            last = i == len(kids) - 1
+            arrow = "─→" if label == "on_success" else f"─[{label}]→"
+            node = graph.by_id(target)
+            seen = target in expanded
+            lines.append(f"{indent}{'└' if last else '├'}{arrow} {node.name if seen else _tree_node(node)}"
+                         + (" (shown above)" if seen and children.get(target) else ""))
+            if not seen:
+                expanded.add(target)
+                walk(target, indent + ("    " if last else "│   "))
+
+    walk(graph.source.node_id, "")
+    return "\n".join(lines)
+
+
+def _tree_node(node: NodeSpec) -> str:
+    kind = node.node_type.value if node.node_type is NodeType.GATE else f"{node.node_type.value} {node.plugin_name}"
+    return f"{node.name} ({kind})"

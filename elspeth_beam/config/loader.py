@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 class LoadedPipeline:
     settings: PipelineSettings
     graph: PipelineGraph
+    path: str | None = None  # the settings file as given (recorded as runs.settings_path); None from a dict
 
     @property
     def settings_json(self) -> str:
@@ -89,8 +90,8 @@ def expand_env(value: Any, where: str, problems: list[str]) -> Any:
     return value
 
 
-def load_settings(path: str | Path, landscape_url: str | None = None) -> LoadedPipeline:
-    path = Path(path)
+def load_settings(given: str | Path, landscape_url: str | None = None) -> LoadedPipeline:
+    path = Path(given)
     if not path.is_file():
         raise SettingsError([f"{path}: settings file not found"])
     try:
@@ -99,7 +100,7 @@ def load_settings(path: str | Path, landscape_url: str | None = None) -> LoadedP
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise SettingsError([f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from None
-    return load_settings_dict(raw, landscape_url=landscape_url)
+    return replace(load_settings_dict(raw, landscape_url=landscape_url), path=str(given))
 
 
 def load_settings_dict(raw: Any, landscape_url: str | None = None) -> LoadedPipeline:
@@ -136,7 +137,7 @@ def with_absolute_paths(loaded: LoadedPipeline) -> LoadedPipeline:
         "source": fixed(loaded.settings.source),
         "sinks": {name: fixed(sink) for name, sink in loaded.settings.sinks.items()},
     })
-    return LoadedPipeline(settings, build_graph(settings))
+    return LoadedPipeline(settings, build_graph(settings), loaded.path)
 
 
 def _check_options(kind: type, name: str, options: dict[str, Any], where: str) -> list[str]:

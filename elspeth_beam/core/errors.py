@@ -60,5 +60,9 @@ class RunInterruptedError(ElspethError):
         super().__init__(f"interrupted; finish it with: elspeth-beam resume {run_id}{where}")
 
 
+class UsageError(ElspethError):
+    """The command line asks in a form the command does not take (exit 2, the message says the form it does)."""
+
+
 class PreflightError(ElspethError):
     """A check before the run starts failed (an output that cannot be written)."""

@@ -18,6 +18,10 @@ from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
 
 
+FEW = 3  # members (and row indexes) shown at each end of a long list unless --full
+MANY = 2 * FEW + 1  # lists longer than this are summarised
+
+
 class ExplainTargetNotFound(ElspethError):
     """The row, token or sink line asked about is not in the run."""
 
@@ -259,35 +263,66 @@ def _fmt_token(t: dict[str, Any], indent: str = "  ") -> list[str]:
     return lines
 
 
-def _fmt_batch(b: dict[str, Any]) -> list[str]:
+def _fmt_batch(b: dict[str, Any], full: bool) -> list[str]:
     lines = [
         f"  batch {b['batch_id']} at {b['node_id']} key={b['key']!r} attempt {b['attempt']}: {b['status']}, "
         f"trigger {b['trigger_type']} ({b['trigger_reason']})"
     ]
     if b["flush_state"]:
         lines += _fmt_state(b["flush_state"], "    flush ")
-    members = ", ".join(
+    members = [
         f"#{m['ordinal']} row {m['row_index']}" if m["row_index"] is not None else f"#{m['ordinal']} {m['token_id']}"
         for m in b["members"]
-    )
-    lines.append(f"    members ({len(b['members'])}): {members}")
+    ]
+    lines.append(f"    members ({len(members)}): {_first_and_last(members, full)}")
     return lines
 
 
-def render_text(explanation: dict[str, Any]) -> str:
+def _first_and_last(items: list[str], full: bool) -> str:
+    """All items, or (unless ``full``) the first and last ``FEW`` around how many were left out."""
+    if full or len(items) <= MANY:
+        return ", ".join(items)
+    return f"{', '.join(items[:FEW])}, … {len(items) - 2 * FEW} more …, {', '.join(items[-FEW:])}"
+
+
+def _fmt_tokens(tokens: list[dict[str, Any]], what: str, full: bool, heading: str | None = None) -> list[str]:
+    """Each token in full (after ``heading``, if given), or — unless ``full`` — past ``MANY``
+    one line: how many ``what`` there are and at which nodes they were made."""
+    if full or len(tokens) <= MANY:
+        return [line for t in tokens for line in [*([heading] if heading else []), *_fmt_token(t)]]
+    made_at: dict[str, int] = {}
+    for t in tokens:
+        made_at[t["created_at_node"]] = made_at.get(t["created_at_node"], 0) + 1
+    where = ", ".join(f"{node} {n}" for node, n in made_at.items())
+    return [f"{what}: {len(tokens)} tokens, made at {where} (--full lists each)"]
+
+
+def _fmt_source_rows(rows: list[dict[str, Any]], full: bool) -> str:
+    """Where a token came from, as row indexes (0-based positions in the source), not a count."""
+    if not rows:
+        return "from no recorded source row (verify names the missing link)"
+    if len(rows) == 1:
+        return f"from source row index {rows[0]['row_index']} (row_id {rows[0]['row_id']})"
+    indexes = _first_and_last([str(r["row_index"]) for r in rows], full)
+    return f"from {len(rows)} source rows, row indexes {indexes}"
+
+
+def render_text(explanation: dict[str, Any], *, full: bool = False) -> str:
+    """The explanation as text. Aggregated lineage is summarised — per batch its trigger, flush,
+    member count and first and last members; ancestors past ``MANY`` by where they were made —
+    unless ``full``; the JSON form always holds everything."""
     lines = [f"run {explanation['run_id']}"]
     if "row" in explanation:
         r = explanation["row"]
-        lines.append(f"row {r['row_index']} ({r['row_id']}) from {r['source_node_id']}, source hash {r['source_data_hash'][:16]}")
+        lines.append(f"row index {r['row_index']} (row_id {r['row_id']}) from {r['source_node_id']}, "
+                     f"source hash {r['source_data_hash'][:16]}")
         lines.append(f"  payload: {json.dumps(r['payload'], sort_keys=True)}")
-        for t in explanation["tokens"]:
-            lines += _fmt_token(t)
+        tokens = explanation["tokens"]  # the row's own token first, then what it became
+        lines += _fmt_tokens(tokens[:1], "tokens", full) + _fmt_tokens(tokens[1:], "descendants", full)
     else:
         lines += _fmt_token(explanation["token"], "")
-        for t in explanation["ancestors"]:
-            lines.append("ancestor:")
-            lines += _fmt_token(t)
-        lines.append("source rows: " + ", ".join(str(r["row_index"]) for r in explanation["source_rows"]))
+        lines.append(_fmt_source_rows(explanation["source_rows"], full))
+        lines += _fmt_tokens(explanation["ancestors"], "ancestors", full, heading="ancestor:")
     for b in explanation["batches"]:
-        lines += _fmt_batch(b)
+        lines += _fmt_batch(b, full)
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import Counter
+from pathlib import PurePath
 from typing import Any
 
 from pydantic import BaseModel
@@ -211,14 +212,16 @@ def _batches(total: int, by_trigger: dict[str, int]) -> str:
     return f"{total}  ({detail})" if detail else str(total)
 
 
-def list_runs(store: LandscapeStore) -> list[dict[str, Any]]:
-    """Every run, newest first: status, times, row count and terminal outcome counts."""
+def list_runs(store: LandscapeStore, *, pipeline: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    """Every run, newest first — only those of ``pipeline`` (see ``is_pipeline``) and in
+    ``status`` when given: its settings file, status, times, row count and terminal outcome counts."""
     counts = (
         select(s.rows.c.run_id, func.count().label("rows")).group_by(s.rows.c.run_id).subquery()
     )
     stmt = (
         select(
             s.runs.c.run_id,
+            s.runs.c.settings_path,
             s.runs.c.status,
             s.runs.c.started_at,
             s.runs.c.completed_at,
@@ -227,10 +230,12 @@ def list_runs(store: LandscapeStore) -> list[dict[str, Any]]:
         .outerjoin(counts, counts.c.run_id == s.runs.c.run_id)
         .order_by(s.runs.c.started_at.desc())
     )
+    if status is not None:
+        stmt = stmt.where(s.runs.c.status == status)
     o = s.token_outcomes
     per_outcome = select(o.c.run_id, o.c.outcome, func.count()).where(o.c.is_terminal.is_(True)).group_by(o.c.run_id, o.c.outcome)
     with store.engine.connect() as conn:
-        runs = [dict(r) for r in conn.execute(stmt).mappings()]
+        runs = [dict(r) for r in conn.execute(stmt).mappings() if pipeline is None or is_pipeline(r["settings_path"], pipeline)]
         outcomes: dict[str, dict[str, int]] = {}
         for run_id, outcome, n in conn.execute(per_outcome):
             outcomes.setdefault(run_id, {})[outcome] = n
@@ -238,3 +243,13 @@ def list_runs(store: LandscapeStore) -> list[dict[str, Any]]:
         r["duration_s"] = duration_s(r["started_at"], r["completed_at"])
         r["outcomes"] = dict(sorted(outcomes.get(r["run_id"], {}).items()))
     return runs
+
+
+def is_pipeline(settings_path: str | None, name: str) -> bool:
+    """Whether a run's recorded settings file is the pipeline ``name``: the file's name without
+    its extension (``quickstart``), or the end of its path (``accounts.yaml``,
+    ``pipelines/accounts.yaml``, the whole path)."""
+    if settings_path is None:
+        return False
+    path, asked = PurePath(settings_path), PurePath(name)
+    return name == path.stem or (bool(asked.parts) and path.parts[-len(asked.parts):] == asked.parts)

@@ -27,7 +27,7 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
-SCHEMA_VERSION = 5  # bump on any change to the tables below, or to how ids are made (4: ordered ids; 5: audit_segments, composed ids)
+SCHEMA_VERSION = 6  # bump on any change to the tables below, or to how ids are made (4: ordered ids; 5: audit_segments, composed ids; 6: runs.settings_path)
 
 landscape_schema = Table("landscape_schema", metadata, Column("version", Integer, primary_key=True))
 
@@ -43,6 +43,7 @@ runs = Table(
     Column("completed_at", TS),
     Column("settings_json", Text, nullable=False),
     Column("settings_hash", String(64), nullable=False),
+    Column("settings_path", Text),  # the settings file as the command was given it; NULL for settings from code
     Column("runner", String(64), nullable=False),
     Column("beam_options_json", Text, nullable=False),
     Column("summary_json", Text),

@@ -18,9 +18,10 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from elspeth_beam.core.enums import RunStatus
 from elspeth_beam.core.errors import LandscapeError, RunExistsError, RunNotFoundError
 from elspeth_beam.core.timestamps import utc_now
+from elspeth_beam.landscape import DEFAULT_PATH
 from elspeth_beam.landscape import schema as s
 
-DEFAULT_URL = "sqlite:///runs/landscape.db"
+DEFAULT_URL = f"sqlite:///{DEFAULT_PATH}"
 FINAL_STATUSES = (RunStatus.COMPLETED.value, RunStatus.FAILED.value)  # digested at finish (auditlog/digest.py)
 
 
@@ -123,6 +124,7 @@ class LandscapeStore:
         run_id: str,
         settings_json: str,
         settings_hash: str,
+        settings_path: str | None = None,
         runner: str,
         beam_options: dict[str, Any],
         nodes: list[dict[str, Any]],
@@ -142,6 +144,7 @@ class LandscapeStore:
             "started_at": utc_now(),
             "settings_json": settings_json,
             "settings_hash": settings_hash,
+            "settings_path": settings_path,
             "runner": runner,
             "beam_options_json": json.dumps(beam_options, sort_keys=True, default=str),
         }
