@@ -38,7 +38,7 @@ README = REPO / "README.md"
 SHOWN_PG_URL = re.compile(r"postgresql\+psycopg://postgres:[^@\s]+@127\.0\.0\.1:\d+/demo")
 _MASKS = [
     (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(\+\d\d:\d\d)?"), "<time>"),
-    (re.compile(r"\b(?=[0-9a-f]*[0-9])[0-9a-f]{6,}\b"), "<hex>"),
+    (re.compile(r"(?<![0-9A-Za-z])(?=[0-9a-f]*[0-9])[0-9a-f]{6,}(?![0-9A-Za-z])"), "<hex>"),  # ids: tok_<hex>
     (re.compile(r"\d[\d,]*(\.\d+)?"), "<n>"),
     (re.compile(r"\s+"), " "),
 ]
