@@ -15,6 +15,7 @@ yet still on disk: the next run that finishes with one of those sinks sweeps the
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -44,12 +45,22 @@ def remove_parts(store: LandscapeStore, loaded: LoadedPipeline, run_id: str, rul
             continue
         for run_folder in sorted(p for p in folder.iterdir() if p.is_dir()):
             mine = run_folder.name == run_id
-            if (rule == REMOVED if mine else _recorded_removed(store, run_folder.name)):
-                shutil.rmtree(run_folder)
+            if (rule == REMOVED if mine else _recorded_removed(store, run_folder.name)) and _removed(run_folder):
                 removed += 1
         if not any(folder.iterdir()):
-            folder.rmdir()
+            _removed(folder)
     return removed
+
+
+def _removed(folder: Path) -> bool:
+    """Remove a folder; one that cannot be removed is left, with a warning, for the next run's
+    sweep — the run it belongs to is finished, and a leftover copy loses nothing."""
+    try:
+        shutil.rmtree(folder)
+    except OSError as exc:
+        logging.getLogger(__name__).warning("could not remove the sink parts folder %s (%s); the next run retries", folder, exc)
+        return False
+    return True
 
 
 def _recorded_removed(store: LandscapeStore, run_id: str) -> bool:
