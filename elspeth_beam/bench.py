@@ -150,10 +150,13 @@ def disk_mb(landscape: str) -> dict[str, float]:
 
 
 def _sink_rows(out: Path) -> dict[str, int]:
+    """Rows per sink: the audited run's merged files (its parts are gone once it completed),
+    the plain run's parts."""
     counts = {}
     for name in ("large", "totals"):
-        parts = list(out.glob(f"{name}.jsonl.parts/**/*.jsonl"))
-        counts[name] = sum(len(p.read_text().splitlines()) for p in parts)
+        merged = out / f"{name}.jsonl"
+        files = [merged] if merged.is_file() else list(out.glob(f"{name}.jsonl.parts/**/*.jsonl"))
+        counts[name] = sum(len(p.read_text().splitlines()) for p in files)
     return counts
 
 

@@ -196,6 +196,9 @@ def _output_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress display (the summary is still printed)")
     parser.add_argument("--progress-every", type=_seconds, metavar="SECONDS",
                         help="seconds between progress updates (default 0.5 on a terminal, 5 otherwise)")
+    parser.add_argument("--keep-parts", action="store_true",
+                        help="keep the sinks' part files (<sink path>.parts/RUN_ID/), which a completed run otherwise "
+                             "removes once their merge is recorded")
 
 
 def _seconds(text: str) -> float:
@@ -254,7 +257,7 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from elspeth_beam.run import execute_run
 
     loaded = load_settings(args.settings, landscape_url=args.landscape_url)
-    result = execute_run(loaded, beam_args=beam_args, run_id=args.run_id, progress=_progress(args))
+    result = execute_run(loaded, beam_args=beam_args, run_id=args.run_id, progress=_progress(args), keep_parts=args.keep_parts)
     return _report_result(result, args)
 
 
@@ -309,7 +312,8 @@ def _cmd_resume(args: argparse.Namespace, beam_args: list[str]) -> int:
 
     store = _store(args.landscape_url or DEFAULT_LANDSCAPE)
     loaded = load_settings(args.settings, landscape_url=store.url) if args.settings else None
-    result = resume_run(store, args.run_id, loaded, beam_args=beam_args, progress=_progress(args))
+    result = resume_run(store, args.run_id, loaded, beam_args=beam_args, progress=_progress(args),
+                        keep_parts=args.keep_parts)
     return _report_result(result, args)
 
 

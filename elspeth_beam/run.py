@@ -2,7 +2,8 @@
 
 runs/nodes/edges are written before the pipeline starts, so even a run that dies at once
 leaves a record. After the pipeline, sinks' parts are merged, ``verify`` checks the audit
-invariants, and the run is marked completed (all invariants hold) or failed.
+invariants, the run is marked completed (all invariants hold) or failed, and a completed
+run's parts are removed (``retention.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from elspeth_beam.pipeline.restore import PipelineRestore
 from elspeth_beam.pipeline.sink import merge_sink
 from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import BatchPlugin, SinkPlugin, SourcePlugin, TransformPlugin
+from elspeth_beam.retention import parts_rule, remove_parts
 
 # The DirectRunner would first try to download Beam's Prism binary; its own pure-Python
 # fallbacks run offline, so "DirectRunner" resolves to them directly: the FnApiRunner (fast),
@@ -199,13 +201,15 @@ def execute_run(
     tap: Callable[[BuiltPipeline], None] | None = None,
     restore: PipelineRestore | None = None,
     progress: Callable[[str, str], AbstractContextManager[Any]] | None = None,
+    keep_parts: bool = False,
 ) -> RunResult:
     """Run a loaded pipeline end to end and return its verified result.
 
     ``make_pipeline`` lets tests supply a TestPipeline; ``tap`` lets them observe the audit
     stream (e.g. to replay its events). ``restore`` comes from ``resume``. ``progress`` is
     called with the Landscape URL and run id and entered while the pipeline runs (the CLI's
-    progress display, see ``elspeth_beam.progress``).
+    progress display, see ``elspeth_beam.progress``). ``keep_parts`` keeps the sinks' part
+    files of a completed run, which are otherwise removed (``elspeth_beam.retention``).
     """
     run_id = run_id or new_run_id()
     loaded = with_absolute_paths(loaded)  # workers may run in another directory
@@ -231,7 +235,7 @@ def execute_run(
     phases = Phases()
     try:
         with fewer_gc_passes():
-            result = _run_recorded(loaded, store, run_id, pipeline, options, restore, tap, progress, phases)
+            result = _run_recorded(loaded, store, run_id, pipeline, options, restore, tap, progress, phases, keep_parts)
     except BaseException as exc:
         if not _is_interrupt(exc):
             raise
@@ -263,9 +267,11 @@ def _run_recorded(
     tap: Callable[[BuiltPipeline], None] | None,
     progress: Callable[[str, str], AbstractContextManager[Any]] | None,
     phases: Phases,
+    keep_parts: bool,
 ) -> tuple[VerifyReport, dict[str, Any], str | None]:
-    """Run the recorded run's pipeline, merge its sinks, verify, digest and mark it finished;
-    its verify report, summary and the reason it failed (None: completed)."""
+    """Run the recorded run's pipeline, merge its sinks, verify, digest, mark it finished and
+    apply the parts' retention rule; its verify report, summary and the reason it failed
+    (None: completed)."""
     built = apply_graph(pipeline, loaded, run_id, restore, streaming=options.view_as(StandardOptions).streaming,
                         stable_input=not replays_identically(options))
     if tap is not None:
@@ -294,9 +300,12 @@ def _run_recorded(
     with phases("digest"):
         digested = {**digest_tables_apart(store.engine, run_id, DIGESTED_IN_PIPELINE_PROCESS), **digesting()}
     status = RunStatus.COMPLETED if reason is None else RunStatus.FAILED
+    parts = parts_rule(status, keep_parts)
     with phases("finish"):
-        store.finish_run(run_id, status.value, {**summary, "verify_problems": report.problems, "status_reason": reason},
-                         digested)
+        store.finish_run(run_id, status.value, {**summary, "verify_problems": report.problems, "status_reason": reason,
+                                                "sink_parts": parts}, digested)
+    with phases("remove parts"):
+        remove_parts(store, loaded, run_id, parts)
     return report, summary, reason
 
 

@@ -124,10 +124,12 @@ def run_for_test(
     run_id: str | None = None,
     journal: bool = False,
     landscape: str | None = None,
+    keep_parts: bool = False,
 ) -> TestRun:
     """Run a pipeline on Beam's TestPipeline (FnApiRunner by default) with a temp Landscape; its
     sinks write under ``tmp_path/sinks/`` (``run.sink_path(name)``) unless already under tmp_path,
-    so a test never overwrites what a real run of the same YAML wrote."""
+    so a test never overwrites what a real run of the same YAML wrote. ``keep_parts`` keeps the
+    sinks' part files a completed run removes."""
     url = landscape or landscape_url(tmp_path)
     # a SQLite Landscape keeps its audit log beside it; any other keeps it under the test's folder
     loaded = load_for_test(settings, url, audit_log=None if url.startswith("sqlite") else tmp_path / "audit-log",
@@ -143,7 +145,8 @@ def run_for_test(
         if journal_path is not None:
             built.audit() | "Journal" >> beam.ParDo(_JournalFn(str(journal_path)))
 
-    result = execute_run(loaded, beam_args=beam_args, run_id=run_id, make_pipeline=make_pipeline, tap=tap)
+    result = execute_run(loaded, beam_args=beam_args, run_id=run_id, make_pipeline=make_pipeline, tap=tap,
+                         keep_parts=keep_parts)
     sinks = {name: Path(sink.options["path"]) for name, sink in loaded.settings.sinks.items()}
     return TestRun(result=result, store=LandscapeStore(url), journal=journal_path, sinks=sinks)
 

@@ -598,7 +598,7 @@ def test_resume_sends_a_failed_flushs_members_on_to_the_error_sink_they_never_re
     from elspeth_beam.resume import resume_run
 
     settings = agg_settings(tmp_path, BOOM_ROWS, plugin="agg_plugins_for_tests.Boom", options={}, count=3, on_error="rejects")
-    result, _ = run(settings, tmp_path)
+    result, _ = run(settings, tmp_path, keep_parts=True)  # the crash this stands for came before the parts went
     run_id, db = result.run_id, Path(result.result.landscape_url.removeprefix("sqlite:///"))
     rejects, out = (Path(settings["sinks"][n]["options"]["path"]) for n in ("rejects", "out"))
     out_before = out.read_text()

@@ -166,7 +166,7 @@ def killed_after_rows(tmp_path_factory: pytest.TempPathFactory, gate_input) -> d
     db = work / "landscape.db"
     crash = cli("run", str(settings), "--landscape-url", url(db), "--run-id", "rid-100", fault="after_rows:100")
     status_after_crash = run_status(db, "rid-100")
-    resume = cli("resume", "rid-100", "--landscape-url", url(db))
+    resume = cli("resume", "rid-100", "--landscape-url", url(db), "--keep-parts")  # assert_artifacts_match_files reads the parts
     return {"work": work, "db": db, "out": work / "out", "crash": crash, "resume": resume,
             "status_after_crash": status_after_crash, "settings": settings, "rows": rows}
 
@@ -224,7 +224,7 @@ def test_kill_with_partly_committed_bundle_then_resume(tmp_path: Path, gate_inpu
     assert 0 < committed_rows < 240, f"scenario needs a partly committed Landscape; {committed_rows} rows committed"
     assert sql(db, "SELECT COUNT(*) FROM batches WHERE run_id = 'rid' AND status = 'completed'")[0][0] > 0
 
-    resume = cli("resume", "rid", "--landscape-url", url(db))
+    resume = cli("resume", "rid", "--landscape-url", url(db), "--keep-parts")  # assert_artifacts_match_files reads the parts
     assert resume.code == 0, resume
     assert_landscape_complete(db, "rid", rows=240)
     assert_exactly_once(tmp_path / "out", rows)
@@ -243,7 +243,7 @@ def test_kill_at_default_buffer_sizes(tmp_path: Path) -> None:
     assert crash.code == 137, crash
     committed_rows = durable_rows(db, "big")
     assert 0 < committed_rows < 15000, f"scenario needs a partly committed audit; {committed_rows} rows committed"
-    resume = cli("resume", "big", "--landscape-url", url(db))
+    resume = cli("resume", "big", "--landscape-url", url(db), "--keep-parts")  # assert_artifacts_match_files reads the parts
     assert resume.code == 0, resume
     assert_landscape_complete(db, "big", rows=15000)
     assert_exactly_once(tmp_path / "out", rows)
@@ -281,7 +281,7 @@ def test_kill_in_flush_then_resume_retries_interrupted_batches(tmp_path: Path, g
     }
     assert all(members_before.values())
 
-    resume = cli("resume", "rid", "--landscape-url", url(db))
+    resume = cli("resume", "rid", "--landscape-url", url(db), "--keep-parts")  # assert_artifacts_match_files reads the parts
     assert resume.code == 0, resume
     assert_landscape_complete(db, "rid", rows=240)
 
@@ -338,7 +338,7 @@ def test_kill_during_resume_then_resume_again(tmp_path: Path, gate_input, stats_
     crash_again = cli("resume", "rid", "--landscape-url", url(db), fault="after_rows:100")
     assert crash_again.code == 137, crash_again
     assert run_status(db, "rid") != "completed"
-    resume = cli("resume", "rid", "--landscape-url", url(db))
+    resume = cli("resume", "rid", "--landscape-url", url(db), "--keep-parts")  # assert_artifacts_match_files reads the parts
     assert resume.code == 0, resume
     assert_landscape_complete(db, "rid", rows=240)
     assert canonical_records(read_jsonl(tmp_path / "out" / "totals.jsonl")) == stats_reference

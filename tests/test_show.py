@@ -21,6 +21,7 @@ from resume_helpers import cli
 
 from elspeth_beam import testing
 from elspeth_beam.cli import main
+from elspeth_beam.core.reasons import without_values
 from elspeth_beam.inspect.show import render_text, show_run
 
 ACCOUNTS = REPO / "pipelines" / "accounts.yaml"
@@ -63,11 +64,11 @@ def test_nodes_show_their_node_states(two_runs, which):
     assert [(n.node_id, n.name, n.node_type, n.plugin) for n in d.nodes] == nodes
     for n in d.nodes:
         by_status = dict(q(db, "SELECT status, COUNT(*) FROM node_states WHERE run_id = ? AND node_id = ? GROUP BY status", run_id, n.node_id))
-        assert (n.completed, n.failed, n.open) == (by_status.get("completed", 0), by_status.get("failed", 0), by_status.get("open", 0))
+        assert (n.completed, n.errored, n.open) == (by_status.get("completed", 0), by_status.get("failed", 0), by_status.get("open", 0))
         mean = q(db, "SELECT AVG(duration_ms) FROM node_states WHERE run_id = ? AND node_id = ?", run_id, n.node_id)[0][0]
         assert n.mean_ms == pytest.approx(mean)
         assert n.completed > 0
-    assert sum(n.failed for n in d.nodes) == q(db, "SELECT COUNT(*) FROM node_states WHERE run_id = ? AND status = 'failed'", run_id)[0][0]
+    assert sum(n.errored for n in d.nodes) == q(db, "SELECT COUNT(*) FROM node_states WHERE run_id = ? AND status = 'failed'", run_id)[0][0]
 
 
 def test_batches_per_aggregation_on_accounts(two_runs):
@@ -96,16 +97,18 @@ def test_quarantine_reasons_on_quickstart(two_runs):
     recorded = q(db, "SELECT outcome, error_json FROM token_outcomes WHERE run_id = ? AND is_terminal AND outcome IN ('quarantined', 'failed')", run_id)
     assert d.errors_total == len(recorded) == d.outcomes["quarantined"] > 0
     truth = Counter()
-    for outcome, error_json in recorded:
+    for outcome, error_json in recorded:  # the reason as recorded, else the message without its values
         e = json.loads(error_json)
-        truth[(outcome, e["node_id"], e["type"], e["message"])] += 1
-    assert {(r.outcome, r.node_id, r.error_type, r.message): r.count for r in d.error_reasons} == dict(truth)
+        truth[(outcome, e["node_id"], e["type"], e.get("reason") or without_values(e["message"])[0])] += 1
+    assert {(r.outcome, r.node_id, r.error_type, r.reason): r.count for r in d.error_reasons} == dict(truth)
     assert [r.count for r in d.error_reasons] == sorted((r.count for r in d.error_reasons), reverse=True)
-    zero = [r for r in d.error_reasons if "ZeroDivisionError" in r.message]
+    zero = [r for r in d.error_reasons if "ZeroDivisionError" in r.reason]
     assert zero and all(r.node_id == "transform:pricing" and r.error_type == "ExpressionError" for r in zero)
+    malformed = next(r for r in d.error_reasons if r.reason.startswith("malformed CSV line"))
+    assert (malformed.count, malformed.examples) == (2, ["(8, 2)", "(8, 9)"])  # two messages, one cause
     text = render_text(d)
     assert f"quarantined / failed: {len(recorded)} token(s)" in text
-    assert all(r.message in text for r in d.error_reasons)
+    assert all(r.reason in text and r.examples_text() in text for r in d.error_reasons)
 
     top1 = show_run(two_runs["store"], run_id, top=1)
     assert top1.error_reasons == d.error_reasons[:1]
@@ -182,6 +185,6 @@ def test_show_on_postgres(postgres_url, quickstart_settings, tmp_path):
             "SELECT outcome, COUNT(*) FROM token_outcomes WHERE run_id = :r AND is_terminal GROUP BY outcome"), {"r": run.run_id}).all())
         failed = conn.execute(text("SELECT COUNT(*) FROM node_states WHERE run_id = :r AND status = 'failed'"), {"r": run.run_id}).scalar_one()
     assert d.outcomes == outcomes and d.errors_total == outcomes["quarantined"]
-    assert sum(n.failed for n in d.nodes) == failed > 0
+    assert sum(n.errored for n in d.nodes) == failed > 0
     assert all(n.mean_ms is not None for n in d.nodes)
     assert "quarantined / failed" in render_text(d)

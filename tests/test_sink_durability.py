@@ -327,7 +327,7 @@ def small_parts_run(tmp_path_factory) -> Iterator[testing.TestRun]:
     mp = pytest.MonkeyPatch()
     mp.setattr(sink_module, "PART_ROWS", 40)
     try:
-        run = testing.run_for_test(settings, tmp)
+        run = testing.run_for_test(settings, tmp, keep_parts=True)  # the parts are what it checks
     finally:
         mp.undo()
     testing.assert_audit_complete(run)

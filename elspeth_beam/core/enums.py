@@ -18,12 +18,27 @@ class NodeStateStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
 
+    @property
+    def label(self) -> str:
+        """The status as the tools print it: a step that raised is ``errored``, never "failed",
+        which they keep for the token outcome (an errored step's token ends quarantined, at
+        an error sink or failed, as the node's on_error says)."""
+        return ERRORED if self is NodeStateStatus.FAILED else self.value
+
+
+ERRORED = "errored"
+
 
 class BatchStatus(StrEnum):
     DRAFT = "draft"
     EXECUTING = "executing"
     COMPLETED = "completed"
     FAILED = "failed"
+
+    @property
+    def label(self) -> str:
+        """As the tools print it: a batch whose flush raised (or was interrupted) ``errored``."""
+        return ERRORED if self is BatchStatus.FAILED else self.value
 
 
 class TriggerType(StrEnum):

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any, Self
+
+from elspeth_beam.core.reasons import PLACEHOLDER
+
 
 class ElspethError(Exception):
     """Base class of every error elspeth_beam raises on purpose."""
@@ -23,11 +28,30 @@ class PluginError(ElspethError):
     """A plugin cannot be found or configured."""
 
 
-class ExpressionError(ElspethError, ValueError):
+class DataError(ElspethError):
+    """An error about one row's data. Its message names the offending values; ``reason`` is
+    the message with them taken out and ``values`` are their reprs, recorded apart so that
+    reports count the rows of one cause together (``core/reasons.py``)."""
+
+    def __init__(self, message: str, *, reason: str | None = None, values: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.values = tuple(values)
+
+    @classmethod
+    def about(cls, phrase: Callable[..., str], *values: Any, detail: str | None = None) -> Self:
+        """The error ``phrase(*reprs of values)`` says (then ``: detail``); its reason is the
+        phrase with ``PLACEHOLDER`` for each value (the detail left out: it restates the value)."""
+        shown = [repr(v) for v in values]
+        message = phrase(*shown) + (f": {detail}" if detail else "")
+        return cls(message, reason=phrase(*[PLACEHOLDER] * len(values)), values=shown)
+
+
+class ExpressionError(DataError, ValueError):
     """A gate or computed-field expression is not allowed or cannot be evaluated."""
 
 
-class RowError(ElspethError):
+class RowError(DataError):
     """A row cannot be processed by a plugin (bad value, missing field); it is quarantined."""
 
 

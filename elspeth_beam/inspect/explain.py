@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from elspeth_beam.core.enums import BatchStatus, NodeStateStatus
 from elspeth_beam.core.errors import ElspethError
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
@@ -228,7 +229,7 @@ def token_at_sink_line(store: LandscapeStore, run_id: str, sink: str, line: int)
 def _fmt_state(st: dict[str, Any], indent: str) -> list[str]:
     dur = f"{st['duration_ms']:.2f}ms" if st["duration_ms"] is not None else "-"
     lines = [
-        f"{indent}{st['node_id']:<28} {st['status']:<9} in={(st['input_hash'] or '-')[:12]} "
+        f"{indent}{st['node_id']:<28} {NodeStateStatus(st['status']).label:<9} in={(st['input_hash'] or '-')[:12]} "
         f"out={(st['output_hash'] or '-')[:12]} {dur} attempt {st['attempt']}"
     ]
     if st["error"]:
@@ -265,7 +266,7 @@ def _fmt_token(t: dict[str, Any], indent: str = "  ") -> list[str]:
 
 def _fmt_batch(b: dict[str, Any], full: bool) -> list[str]:
     lines = [
-        f"  batch {b['batch_id']} at {b['node_id']} key={b['key']!r} attempt {b['attempt']}: {b['status']}, "
+        f"  batch {b['batch_id']} at {b['node_id']} key={b['key']!r} attempt {b['attempt']}: {BatchStatus(b['status']).label}, "
         f"trigger {b['trigger_type']} ({b['trigger_reason']})"
     ]
     if b["flush_state"]:

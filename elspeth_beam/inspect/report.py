@@ -17,22 +17,21 @@ Tokens in/out per node mean "reached the node" / "passed on by it":
 
 from __future__ import annotations
 
-import json
 import math
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from elspeth_beam.core.enums import NodeType
+from elspeth_beam.core.enums import BatchStatus, NodeStateStatus, NodeType
 from elspeth_beam.core.errors import ElspethError
 from elspeth_beam.core.timestamps import utc_now
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
+from elspeth_beam.inspect.reasons import error_reasons
 from elspeth_beam.inspect.report_html import render_html
 from elspeth_beam.inspect.report_model import (
-    ArtifactReport, BatchReport, EdgeReport, NodeReport, ReasonReport, RunReport, SinkReport,
+    ArtifactReport, BatchReport, EdgeReport, NodeReport, RunReport, SinkReport,
 )
 from elspeth_beam.inspect.summary import run_header
 
@@ -46,7 +45,6 @@ def build_report(store: LandscapeStore, run_id: str, *, top_reasons: int = 20) -
     run = store.run(run_id)
     with store.engine.connect() as conn:
         node_rows = conn.execute(select(s.nodes).where(s.nodes.c.run_id == run_id).order_by(s.nodes.c.position)).mappings().all()
-        names = {n["node_id"]: n["name"] for n in node_rows}
         rows_read = _grouped(conn, select(s.rows.c.source_node_id, func.count()).where(s.rows.c.run_id == run_id).group_by(s.rows.c.source_node_id))
         nodes = _nodes(conn, run_id, node_rows, rows_read)
         edges = [
@@ -54,7 +52,7 @@ def build_report(store: LandscapeStore, run_id: str, *, top_reasons: int = 20) -
             for e in conn.execute(select(s.edges).where(s.edges.c.run_id == run_id).order_by(*s.edges.primary_key.columns)).mappings()
         ]
         sinks = _sinks(conn, run_id, [n for n in node_rows if n["node_type"] == NodeType.SINK])
-        reasons, distinct, tokens = _reasons(conn, run_id, names, top_reasons)
+        reasons = error_reasons(conn, run_id)
         outcomes = _grouped(
             conn,
             select(s.token_outcomes.c.outcome, func.count())
@@ -69,9 +67,9 @@ def build_report(store: LandscapeStore, run_id: str, *, top_reasons: int = 20) -
         batches=batches,
         sinks=sinks,
         outcomes=dict(sorted(outcomes.items())),
-        reasons=reasons,
-        reasons_distinct=distinct,
-        reasons_tokens=tokens,
+        reasons=reasons[: max(top_reasons, 0)],
+        reasons_distinct=len(reasons),
+        reasons_tokens=sum(r.count for r in reasons),
         generated_at=utc_now(),
     )
 
@@ -126,6 +124,7 @@ def _nodes(conn: Connection, run_id: str, node_rows: list[Any], rows_read: dict[
         .where(s.routing_events.c.run_id == run_id)
         .group_by(ns.c.node_id),
     )
+    part_ms = _sink_write_ms(conn, run_id)
     accepted, emitted = _batch_tokens(conn, run_id)
     written = _grouped(
         conn,
@@ -155,14 +154,30 @@ def _nodes(conn: Connection, run_id: str, node_rows: list[Any], rows_read: dict[
                 tokens_in=tokens_in,
                 tokens_out=tokens_out,
                 completed=completed,
-                failed=by_status.get((nid, "failed"), 0),
+                errored=by_status.get((nid, NodeStateStatus.FAILED.value), 0),
                 open=by_status.get((nid, "open"), 0),
                 mean_ms=(stats.total_ms / timed) if timed else None,
                 p95_ms=_p95(conn, run_id, nid, timed),
-                total_ms=float(stats.total_ms) if stats else 0.0,
+                total_ms=part_ms.get(nid, 0.0) if kind == NodeType.SINK else (float(stats.total_ms) if stats else 0.0),
             )
         )
     return out
+
+
+def _sink_write_ms(conn: Connection, run_id: str) -> dict[str, float]:
+    """Per sink, the sum of its parts' write times. A part's rows are written together, and
+    each of their node_states holds the whole part's duration: summed over the states, a part
+    would count once per row (6 s of writing inside a 2 s run)."""
+    ns, o = s.node_states, s.token_outcomes
+    per_part = (
+        select(ns.c.node_id, o.c.artifact_id, func.max(ns.c.duration_ms).label("ms"))
+        .select_from(o.join(ns, (ns.c.token_id == o.c.token_id) & (ns.c.node_id == o.c.node_id)))
+        .where(o.c.run_id == run_id, o.c.artifact_id.is_not(None), ns.c.run_id == run_id)
+        .group_by(ns.c.node_id, o.c.artifact_id)
+        .subquery()
+    )
+    totals = conn.execute(select(per_part.c.node_id, func.sum(per_part.c.ms)).group_by(per_part.c.node_id)).all()
+    return {node_id: float(ms or 0.0) for node_id, ms in totals}
 
 
 def _p95(conn: Connection, run_id: str, node_id: str, timed: int) -> float | None:
@@ -226,7 +241,7 @@ def _batches(conn: Connection, run_id: str, aggregations: list[Any]) -> list[Bat
     out = []
     for agg in aggregations:
         nid = agg["node_id"]
-        statuses = {st: n for (node, st), n in by_status.items() if node == nid}
+        statuses = {BatchStatus(st).label: n for (node, st), n in by_status.items() if node == nid}
         size = size_stats.get(nid)
         out.append(
             BatchReport(
@@ -264,37 +279,3 @@ def _sinks(conn: Connection, run_id: str, sink_rows: list[Any]) -> list[SinkRepo
         )
         for n in sink_rows
     ]
-
-
-def _reasons(conn: Connection, run_id: str, names: dict[str, str], top: int) -> tuple[list[ReasonReport], int, int]:
-    """Quarantine and failure reasons, grouped by (outcome, node, sink, error type, message).
-
-    The database groups identical error_json first; the tracebacks inside it differ between
-    call sites, so the final grouping by message happens here.
-    """
-    o = s.token_outcomes
-    grouped = conn.execute(
-        select(o.c.outcome, o.c.node_id, o.c.sink_name, o.c.error_json, func.count())
-        .where(o.c.run_id == run_id, o.c.error_json.is_not(None))
-        .group_by(o.c.outcome, o.c.node_id, o.c.sink_name, o.c.error_json)
-    ).all()
-    counts: Counter[tuple[str, str, str | None, str, str]] = Counter()
-    for outcome, node_id, sink, error_json, n in grouped:
-        error = _error(error_json)
-        raised_at = str(error.get("node_id") or node_id)
-        key = (outcome, names.get(raised_at, raised_at), sink, str(error.get("type", "")), str(error.get("message", error_json)))
-        counts[key] += int(n)
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][4]))
-    reasons = [
-        ReasonReport(count=n, outcome=oc, node=node, sink=sink, error_type=etype, message=msg)
-        for (oc, node, sink, etype, msg), n in ranked[: max(top, 0)]
-    ]
-    return reasons, len(counts), sum(counts.values())
-
-
-def _error(error_json: str) -> dict[str, Any]:
-    try:
-        parsed = json.loads(error_json)
-    except ValueError:
-        return {"message": error_json}
-    return parsed if isinstance(parsed, dict) else {"message": str(parsed)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from html import escape
 
+from elspeth_beam.core.enums import ERRORED
 from elspeth_beam.inspect.report_model import EdgeReport, NodeReport
 
 BOX_W, BOX_H, SLOT_H = 164, 74, 18  # node box; the slot a passing edge takes in a column
@@ -231,9 +232,9 @@ def _node(n: NodeReport, x: float, y: float) -> str:
         f'<text class="kind" x="{x + 14:.1f}" y="{y + 36:.1f}">{escape(n.plugin)} · {escape(n.node_type)}</text>',
         f'<text class="counts" x="{x + 14:.1f}" y="{y + 53:.1f}">{counts}</text>',
     ]
-    if n.failed:
-        lines.append(f'<text class="failed" x="{x + 14:.1f}" y="{y + 67:.1f}">{n.failed:,} failed</text>')
-    title = f"{n.name} ({n.node_id}): {n.completed:,} completed, {n.failed:,} failed"
+    if n.errored:
+        lines.append(f'<text class="errored" x="{x + 14:.1f}" y="{y + 67:.1f}">{n.errored:,} {ERRORED}</text>')
+    title = f"{n.name} ({n.node_id}): {n.completed:,} completed, {n.errored:,} {ERRORED}"
     return (
         f'<g class="node {escape(n.node_type)}" data-node-id="{escape(n.node_id)}"><title>{escape(title)}</title>'
         f'<rect class="box" x="{x:.1f}" y="{y:.1f}" width="{BOX_W}" height="{BOX_H}" rx="7"/>'

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from html import escape
 
+from elspeth_beam.core.enums import ERRORED
+from elspeth_beam.core.reasons import PLACEHOLDER
 from elspeth_beam.inspect.report_model import BatchReport, NodeReport, RunReport, SinkReport
 from elspeth_beam.inspect.report_graph import TYPE_COLOURS, graph_svg
 
@@ -38,7 +40,7 @@ svg.graph .box { fill:#fff; stroke:#b8c4d0; }
 svg.graph .node.sink .box { fill:#f3f6f8; }
 svg.graph text { font-size:11px; fill:var(--muted); }
 svg.graph text.name { font-size:13px; font-weight:650; fill:var(--ink); }
-svg.graph text.failed { fill:var(--bad); font-weight:600; }
+svg.graph text.errored { fill:var(--bad); font-weight:600; }
 svg.graph text.route { font-size:11px; font-weight:600; fill:#b35400; text-anchor:middle; paint-order:stroke; stroke:#fff; stroke-width:4px; }
 svg.graph .edge path { fill:none; stroke:#90a4ae; stroke-width:1.6; }
 svg.graph .edge.error path { stroke:var(--bad); stroke-width:1.2; stroke-dasharray:5 4; opacity:.75; }
@@ -166,19 +168,21 @@ def _nodes(nodes: list[NodeReport]) -> str:
     most = max((n.total_ms for n in nodes), default=0.0)
     rows = []
     for n in nodes:
-        failed = f'<td class="n bad">{n.failed:,}</td>' if n.failed else '<td class="n">0</td>'
+        errored = f'<td class="n bad">{n.errored:,}</td>' if n.errored else '<td class="n">0</td>'
         rows.append(
             f"<tr><td>{_type_dot(n.node_type)}<b>{_e(n.name)}</b> <span class=\"muted mono\">{_e(n.node_id)}</span></td>"
             f"<td>{_e(n.plugin)}</td><td class=\"n\">{_n(n.tokens_in)}</td><td class=\"n\">{_n(n.tokens_out)}</td>"
-            f"<td class=\"n\">{_n(n.completed)}</td>{failed}"
+            f"<td class=\"n\">{_n(n.completed)}</td>{errored}"
             f"<td class=\"n\">{_ms(n.mean_ms)}</td><td class=\"n\">{_ms(n.p95_ms)}</td>{_bar(n.total_ms, most, _ms(n.total_ms))}</tr>"
         )
-    head = ["node", "plugin", "tokens in", "tokens out", "completed", "failed", "mean", "p95", "total time"]
+    head = ["node", "plugin", "tokens in", "tokens out", "completed", ERRORED, "mean", "p95", "total time"]
     note = (
         '<p class="muted">Counts and durations are of node_states (one per token, or per batch flush at an aggregation). '
+        f"{ERRORED.capitalize()}: the step raised; where its token went (quarantined, an error sink, or the outcome "
+        "failed) is in the headline and under Sinks. "
         "Tokens in/out: a source reads rows and passes on those it parsed; a gate's out counts each route taken (a fork "
         "counts every copy); an aggregation takes tokens into batches and passes on what its flushes emit; a sink's out "
-        "is the rows it wrote.</p>"
+        "is the rows it wrote. A sink writes its rows in parts: its total time counts each part's write once.</p>"
     )
     return _table(head, rows, numeric=set(range(2, 9))) + note
 
@@ -227,16 +231,22 @@ def _reasons(report: RunReport) -> str:
         return '<p class="muted">No token was quarantined or failed in this run.</p>'
     most = report.reasons[0].count
     rows = [
-        f"<tr>{_bar(r.count, most, _n(r.count))}<td>{_e(r.outcome)}</td><td><b>{_e(r.node)}</b></td>"
-        f"<td>{_e(r.sink or '–')}</td><td><code>{_e(r.error_type)}</code></td><td class=\"msg\">{_e(r.message)}</td></tr>"
+        f"<tr>{_bar(r.count, most, _n(r.count))}<td>{_e(r.outcome)}</td><td><b>{_e(_name(report, r.node_id))}</b></td>"
+        f"<td>{_e(r.sink or '–')}</td><td><code>{_e(r.error_type)}</code></td><td class=\"msg\">{_e(r.reason)}</td>"
+        f"<td class=\"msg\">{_e(r.examples_text() or '–')}</td></tr>"
         for r in report.reasons
     ]
     shown = sum(r.count for r in report.reasons)
     summary = (
         f'<p class="muted">{report.reasons_tokens:,} tokens were set aside with an error, for {report.reasons_distinct:,} '
-        f"distinct reasons"
+        f"distinct reasons (a reason is the message with the offending values taken out, as {_e(PLACEHOLDER)})"
     )
     if report.reasons_distinct > len(report.reasons):
         summary += f"; the {len(report.reasons)} most frequent are shown ({shown:,} tokens)"
     summary += ". Explain one with <code>elspeth-beam explain</code>.</p>"
-    return summary + _table(["tokens", "outcome", "raised at", "sent to", "error", "message"], rows, numeric={0})
+    return summary + _table(["tokens", "outcome", "raised at", "sent to", "error", "reason", "values"], rows, numeric={0})
+
+
+def _name(report: RunReport, node_id: str) -> str:
+    node = report.node(node_id)
+    return node.name if node is not None else node_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from elspeth_beam.inspect.reasons import ReasonGroup
 from elspeth_beam.inspect.summary import RunHeader
 
 ERROR_LABEL = "on_error"  # the edge label of a node's error route (config/graph.py)
@@ -18,11 +19,11 @@ class NodeReport(BaseModel):
     tokens_in: int
     tokens_out: int
     completed: int
-    failed: int
+    errored: int  # node_states with status failed (NodeStateStatus.label): not the outcome FAILED
     open: int
     mean_ms: float | None
     p95_ms: float | None
-    total_ms: float
+    total_ms: float  # at a sink: its parts' write times, each part once
 
 
 class EdgeReport(BaseModel):
@@ -67,15 +68,6 @@ class SinkReport(BaseModel):
         return sum(self.by_outcome.values())
 
 
-class ReasonReport(BaseModel):
-    count: int
-    outcome: str
-    node: str  # the node that raised the error
-    sink: str | None  # where the token was set aside, if it was written anywhere
-    error_type: str
-    message: str
-
-
 class RunReport(BaseModel):
     header: RunHeader
     nodes: list[NodeReport]
@@ -83,9 +75,9 @@ class RunReport(BaseModel):
     batches: list[BatchReport]
     sinks: list[SinkReport]
     outcomes: dict[str, int]  # terminal outcomes of the run
-    reasons: list[ReasonReport]  # the most frequent first, at most `top_reasons`
-    reasons_distinct: int
-    reasons_tokens: int
+    reasons: list[ReasonGroup]  # the most frequent first, at most `top_reasons`
+    reasons_distinct: int  # causes in all
+    reasons_tokens: int  # tokens quarantined or failed
     generated_at: str
 
     def node(self, node_id: str) -> NodeReport | None:

@@ -8,20 +8,19 @@ rejected — answered by a handful of aggregate queries, as a model (``--json``)
 from __future__ import annotations
 
 import json
-from collections import Counter
 from typing import Any
 
 import yaml
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from elspeth_beam.core.enums import Outcome
+from elspeth_beam.core.enums import ERRORED, BatchStatus, NodeStateStatus
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
+from elspeth_beam.inspect.reasons import ReasonGroup, error_reasons
 from elspeth_beam.inspect.summary import RunHeader, run_header, summarize
 
 TOP_REASONS = 10
-_ERROR_OUTCOMES = (Outcome.QUARANTINED.value, Outcome.FAILED.value)
 
 
 class NodeStats(BaseModel):
@@ -32,7 +31,7 @@ class NodeStats(BaseModel):
     node_type: str
     plugin: str
     completed: int = 0
-    failed: int = 0
+    errored: int = 0  # node_states with status failed: the step raised (NodeStateStatus.label)
     open: int = 0
     mean_ms: float | None = None
 
@@ -45,16 +44,6 @@ class AggregationBatches(BaseModel):
     by_status: dict[str, int]
 
 
-class ErrorReason(BaseModel):
-    """Tokens that ended quarantined or failed for one reason at one node."""
-
-    outcome: str
-    node_id: str
-    error_type: str
-    message: str
-    count: int
-
-
 class RunDetails(BaseModel):
     header: RunHeader
     settings: dict[str, Any]
@@ -63,7 +52,7 @@ class RunDetails(BaseModel):
     rows_per_sink: dict[str, int]
     nodes: list[NodeStats]
     aggregations: list[AggregationBatches]
-    error_reasons: list[ErrorReason]
+    error_reasons: list[ReasonGroup]
     errors_total: int
 
 
@@ -72,7 +61,8 @@ def show_run(store: LandscapeStore, run_id: str, *, top: int = TOP_REASONS) -> R
     run = store.run(run_id)
     summary = summarize(store, run_id)
     header = run_header(store, run, summary["rows_read"])
-    reasons, errors_total = _error_reasons(store, run_id)
+    with store.engine.connect() as conn:
+        reasons = error_reasons(conn, run_id)
     return RunDetails(
         header=header,
         settings=json.loads(run["settings_json"]),
@@ -82,7 +72,7 @@ def show_run(store: LandscapeStore, run_id: str, *, top: int = TOP_REASONS) -> R
         nodes=_node_stats(store, run_id),
         aggregations=_aggregation_batches(store, run_id),
         error_reasons=reasons[:top],
-        errors_total=errors_total,
+        errors_total=sum(r.count for r in reasons),
     )
 
 
@@ -103,8 +93,8 @@ def _node_stats(store: LandscapeStore, run_id: str) -> list[NodeStats]:
     totals: dict[str, tuple[float, int]] = {}
     for node_id, status, count, mean, timed in states:
         st = stats.setdefault(node_id, NodeStats(node_id=node_id, name=node_id, node_type="?", plugin="?"))
-        if status in ("completed", "failed", "open"):
-            setattr(st, status, count)
+        if status in tuple(NodeStateStatus):
+            setattr(st, NodeStateStatus(status).label, count)
         if timed:
             total_ms, n_timed = totals.get(node_id, (0.0, 0))
             totals[node_id] = (total_ms + mean * timed, n_timed + timed)
@@ -138,28 +128,12 @@ def _aggregation_batches(store: LandscapeStore, run_id: str) -> list[Aggregation
         agg.batches += count
         key = trigger or "pending"  # a batch gets its trigger when it flushes
         agg.by_trigger[key] = agg.by_trigger.get(key, 0) + count
-        agg.by_status[status] = agg.by_status.get(status, 0) + count
+        label = BatchStatus(status).label if status in tuple(BatchStatus) else status
+        agg.by_status[label] = agg.by_status.get(label, 0) + count
     for agg in by_node.values():
         agg.by_trigger = dict(sorted(agg.by_trigger.items()))
         agg.by_status = dict(sorted(agg.by_status.items()))
     return [by_node[k] for k in sorted(by_node)]
-
-
-def _error_reasons(store: LandscapeStore, run_id: str) -> tuple[list[ErrorReason], int]:
-    """Quarantined and failed tokens grouped by (outcome, node, error type, message), most
-    frequent first; error_json is parsed here, not in SQL, to stay portable across databases."""
-    o = s.token_outcomes
-    stmt = select(o.c.outcome, o.c.node_id, o.c.error_json).where(
-        o.c.run_id == run_id, o.c.is_terminal.is_(True), o.c.outcome.in_(_ERROR_OUTCOMES)
-    )
-    counter: Counter[tuple[str, str, str, str]] = Counter()
-    with store.engine.connect() as conn:
-        for outcome, node_id, error_json in conn.execute(stmt):
-            error = json.loads(error_json) if error_json else {}
-            counter[(outcome, error.get("node_id") or node_id, error.get("type", "?"), error.get("message", "(no error recorded)"))] += 1
-    ranked = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
-    reasons = [ErrorReason(outcome=k[0], node_id=k[1], error_type=k[2], message=k[3], count=n) for k, n in ranked]
-    return reasons, sum(counter.values())
 
 
 # ---- text ------------------------------------------------------------------------------
@@ -191,11 +165,11 @@ def render_text(d: RunDetails) -> str:
         "settings (as recorded, secrets redacted)",
         *("  " + line for line in yaml.safe_dump(d.settings, sort_keys=False, default_flow_style=None, width=100).rstrip().splitlines()),
         "",
-        "nodes (node_states per node)",
+        f"nodes (node_states per node; {ERRORED}: the step raised, and the outcomes below say where its token went)",
         *_table(
-            ["node", "type", "plugin", "completed", "failed", "open", "mean ms"],
+            ["node", "type", "plugin", "completed", ERRORED, "open", "mean ms"],
             [
-                [n.node_id, n.node_type, n.plugin, str(n.completed), str(n.failed), str(n.open),
+                [n.node_id, n.node_type, n.plugin, str(n.completed), str(n.errored), str(n.open),
                  f"{n.mean_ms:.3f}" if n.mean_ms is not None else "-"]
                 for n in d.nodes
             ],
@@ -218,8 +192,8 @@ def render_text(d: RunDetails) -> str:
         more = f"; {d.errors_total - shown} more token(s) for rarer reasons" if shown < d.errors_total else ""
         lines += ["", f"quarantined / failed: {d.errors_total} token(s), most frequent reasons first{more}"]
         lines += _table(
-            ["count", "outcome", "node", "error"],
-            [[str(r.count), r.outcome, r.node_id, f"{r.error_type}: {r.message}"] for r in d.error_reasons],
+            ["count", "outcome", "node", "error", "values"],
+            [[str(r.count), r.outcome, r.node_id, f"{r.error_type}: {r.reason}", r.examples_text()] for r in d.error_reasons],
             right={0},
         )
     return "\n".join(lines)

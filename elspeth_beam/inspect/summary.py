@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections import Counter
 from pathlib import PurePath
 from typing import Any
 
@@ -17,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError
 
+from elspeth_beam.inspect.reasons import ReasonGroup, error_reasons, examples_text
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.landscape.store import LandscapeStore
 
@@ -42,8 +42,9 @@ def summarize(store: LandscapeStore, run_id: str) -> dict[str, Any]:
         )
         by_trigger = _batches_by_trigger(conn, run_id)
         set_aside = rows_set_aside(conn, run_id)
-        quarantine_reasons = top_reasons(conn, run_id, "quarantined")
-        failure_reasons = top_reasons(conn, run_id, "failed")
+        reasons = error_reasons(conn, run_id)
+    quarantine_reasons = _reason_rows(reasons, "quarantined")
+    failure_reasons = _reason_rows(reasons, "failed")
     return {
         "rows_read": rows_read,
         "rows_per_sink": dict(sorted(per_sink.items())),
@@ -86,36 +87,11 @@ def _batches_by_trigger(conn: Connection, run_id: str) -> dict[str, int]:
     return dict(sorted((trigger or "open", n) for trigger, n in counts.all()))
 
 
-def top_reasons(conn: Connection, run_id: str, outcome: str, limit: int = TOP_REASONS) -> list[dict[str, Any]]:
-    """The commonest reasons tokens ended with ``outcome``: count, node, error type, message.
-
-    Grouped in SQL by the whole error record (few distinct ones), then by node and message, so
-    the same error raised from different stack lines counts as one reason.
-    """
-    o = s.token_outcomes
-    grouped = conn.execute(
-        select(o.c.error_json, func.count())
-        .where(o.c.run_id == run_id, o.c.outcome == outcome, o.c.is_terminal.is_(True))
-        .group_by(o.c.error_json)
-    ).all()
-    counts: Counter[tuple[str, str, str]] = Counter()
-    for error_json, n in grouped:
-        counts[_reason(error_json)] += n
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-    return [{"count": n, "node_id": node, "type": kind, "message": message} for (node, kind, message), n in ranked]
-
-
-def _reason(error_json: str | None) -> tuple[str, str, str]:
-    """(node, error type, message) of a recorded error; tolerant of records without one."""
-    if not error_json:
-        return ("", "", "(no error recorded)")
-    try:
-        error = json.loads(error_json)
-    except ValueError:
-        return ("", "", error_json)
-    if not isinstance(error, dict):
-        return ("", "", str(error))
-    return (str(error.get("node_id") or ""), str(error.get("type") or ""), str(error.get("message") or "(no message)"))
+def _reason_rows(groups: list[ReasonGroup], outcome: str, limit: int = TOP_REASONS) -> list[dict[str, Any]]:
+    """The commonest causes tokens ended with ``outcome`` (``inspect/reasons.py``), as the
+    summary's JSON lists them."""
+    chosen = [g for g in groups if g.outcome == outcome][:limit]
+    return [g.model_dump(include={"count", "node_id", "error_type", "reason", "examples", "distinct"}) for g in chosen]
 
 
 class RunHeader(BaseModel):
@@ -199,12 +175,17 @@ def _outcome_rows(label: str, total: int, reasons: list[dict[str, Any]]) -> list
     count_width = max(len(str(r["count"])) for r in reasons)
     node_width = max(len(r["node_id"]) for r in reasons)
     for r in reasons:
-        message = r["message"] if len(r["message"]) <= _REASON_WIDTH else r["message"][: _REASON_WIDTH - 1] + "…"
-        lines.append(_row("", f"{r['count']:>{count_width}}  {r['node_id']:<{node_width}}  {message}"))
+        examples = examples_text(r["examples"], r["distinct"])
+        lines.append(_row("", f"{r['count']:>{count_width}}  {r['node_id']:<{node_width}}  {_shortened(r['reason'])}"
+                              + (f"  {examples}" if examples else "")))
     others = total - sum(r["count"] for r in reasons)
     if others > 0:
         lines.append(_row("", f"{others:>{count_width}}  (other reasons)"))
     return lines
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= _REASON_WIDTH else text[: _REASON_WIDTH - 1] + "…"
 
 
 def _batches(total: int, by_trigger: dict[str, int]) -> str:

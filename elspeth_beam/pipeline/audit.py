@@ -29,6 +29,7 @@ from elspeth_beam.auditlog.records import NodeStateRecord, OutcomeRecord, TokenP
 from elspeth_beam.core import ids
 from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.core.enums import NodeStateStatus, Outcome
+from elspeth_beam.core.errors import DataError
 from elspeth_beam.core.timestamps import now_us
 from elspeth_beam.core.tokens import TokenInfo
 
@@ -87,14 +88,18 @@ class StepResult:
 
 
 def error_info(exc: BaseException, node_id: str) -> dict[str, Any]:
-    """error_json content: type, message, and a short traceback summary (last frames)."""
+    """error_json content: type, message, and a short traceback summary (last frames); for our
+    own data errors also the reason and values apart, which reports group rows by."""
     frames = traceback.extract_tb(exc.__traceback__)[-3:]
-    return {
+    info: dict[str, Any] = {
         "type": type(exc).__name__,
         "message": str(exc),
         "node_id": node_id,
         "traceback": [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" for f in frames],
     }
+    if isinstance(exc, DataError) and exc.reason is not None:
+        info["reason"], info["values"] = exc.reason, list(exc.values)
+    return info
 
 
 def _json(value: dict[str, Any] | None) -> str | None:

@@ -44,10 +44,8 @@ class GateDoFn(AuditedDoFn):
         value = self.condition.evaluate(token.row)
         label = route_label(value)
         if label not in self.routes:
-            raise RowError(
-                f"condition {self.settings.condition!r} gave {label!r}, which has no route "
-                f"(routes: {', '.join(self.routes)})"
-            )
+            raise RowError.about(lambda v: f"condition {self.settings.condition!r} gave {v}, which has no route "
+                                           f"(routes: {', '.join(self.routes)})", label)
         return {"route": label, "destinations": self.routes[label]}
 
     def process(self, token: TokenInfo) -> Iterator[Any]:

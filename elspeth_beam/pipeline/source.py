@@ -83,6 +83,8 @@ class SourceDoFn(AuditedDoFn):
             return TokenInfo.of(row, run_id=run_id, row_id=row_id, token_id=token_id, row_index=record.index)
 
         def parse() -> TokenInfo:
+            if isinstance(record.error, RowError):
+                raise record.error
             if record.error is not None:
                 raise RowError(record.error)
             return token_of(record.row or {})

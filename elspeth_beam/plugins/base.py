@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from elspeth_beam.core.errors import RowError
 from elspeth_beam.plugins.splits import SourceSplit
 
 
@@ -29,12 +30,13 @@ class Plugin:
 
 @dataclass(frozen=True)
 class SourceRecord:
-    """One record as read: its parsed row, or why it could not be parsed, and its raw text."""
+    """One record as read: its parsed row, or why it could not be parsed, and its raw text.
+    The why is a message, or a ``RowError`` that keeps its reason apart from the values."""
 
     index: int
     raw: str
     row: dict[str, Any] | None
-    error: str | None = None
+    error: str | RowError | None = None
 
 
 class SourcePlugin(Plugin):

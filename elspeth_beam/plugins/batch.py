@@ -40,7 +40,7 @@ class BatchStats(BatchPlugin):
                 if value is None:
                     continue
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise RowError(f"batch_stats: field {field!r} must be numeric, got {value!r}")
+                    raise RowError.about(lambda v: f"batch_stats: field {field!r} must be numeric, got {v}", value)
                 values.append(value)
             computed = {
                 "count": len(values),

@@ -86,17 +86,17 @@ def coerce_row(row: dict[str, Any], schema: dict[str, str]) -> dict[str, Any]:
             if nullable:
                 out[field] = None
                 continue
-            raise RowError(f"field {field!r} is missing (declared {type_name})")
+            raise RowError.about(lambda: f"field {field!r} is missing (declared {type_name})")
         value = row[field]
         if value is None or (isinstance(value, str) and value.strip() == ""):
             if nullable:
                 out[field] = None
                 continue
-            raise RowError(f"field {field!r} is empty but declared {type_name} (use {base}? to allow empty)")
+            raise RowError.about(lambda: f"field {field!r} is empty but declared {type_name} (use {base}? to allow empty)")
         try:
             out[field] = COERCERS[base](value)
         except (ValueError, TypeError) as exc:
-            raise RowError(f"field {field!r}: cannot coerce {value!r} to {base}: {exc}") from None
+            raise RowError.about(lambda v: f"field {field!r}: cannot coerce {v} to {base}", value, detail=str(exc)) from None
     return out
 
 
@@ -113,21 +113,19 @@ def check_json_values(row: dict[str, Any]) -> None:
 def _check_json_value(value: Any, path: str) -> None:
     if isinstance(value, str):
         if not value.isascii() and (found := _LONE_SURROGATE.search(value)):
-            raise RowError(f"field {path!r} holds a lone surrogate ({found.group()!r}), which has no UTF-8 form")
+            raise RowError.about(lambda v: f"field {path!r} holds a lone surrogate ({v}), which has no UTF-8 form", found.group())
     elif isinstance(value, float):
         if not math.isfinite(value):
             name = "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
-            raise RowError(f"field {path!r}: {name} has no canonical form (use null or a finite number)")
+            raise RowError.about(lambda: f"field {path!r}: {name} has no canonical form (use null or a finite number)")
     elif isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise RowError(f"field {path!r} has a non-string key {key!r}")
+                raise RowError.about(lambda v: f"field {path!r} has a non-string key {v}", key)
             _check_json_value(item, f"{path}.{key}")
     elif isinstance(value, list):
         for position, item in enumerate(value):
             _check_json_value(item, f"{path}[{position}]")
     elif value is not None and not isinstance(value, int):  # bool is an int
-        raise RowError(
-            f"field {path!r} holds a {type(value).__name__}; row values must be JSON types "
-            "(str, int, float, bool, null, list, object)"
-        )
+        raise RowError.about(lambda: f"field {path!r} holds a {type(value).__name__}; row values must be JSON types "
+                                     "(str, int, float, bool, null, list, object)")

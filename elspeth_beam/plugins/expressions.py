@@ -12,6 +12,7 @@ import operator
 from typing import Any, Callable
 
 from elspeth_beam.core.errors import ExpressionError
+from elspeth_beam.core.reasons import without_values
 
 _MAX_REPEAT = 10_000  # 'x' * n and [..] * n: a row expression must not exhaust memory
 
@@ -75,12 +76,20 @@ class Expression:
         try:
             return _eval(self._body, row)
         except KeyError as exc:
-            raise ExpressionError(f"{self.source!r}: row has no field {exc.args[0]!r}") from None
+            raise ExpressionError.about(lambda: f"{self.source!r}: row has no field {exc.args[0]!r}") from None
         except (TypeError, ValueError, ZeroDivisionError, IndexError, OverflowError) as exc:
-            raise ExpressionError(f"{self.source!r}: {type(exc).__name__}: {exc}") from None
+            raise _failed(self.source, exc) from None
 
     def __reduce__(self):
         return (Expression, (self.source,))
+
+
+def _failed(source: str, exc: Exception) -> ExpressionError:
+    """The expression's error on one row: the expression and the error type are the reason,
+    the values the error message quotes (Python's own messages name them) are taken out."""
+    detail, values = without_values(str(exc))
+    prefix = f"{source!r}: {type(exc).__name__}: "
+    return ExpressionError(f"{prefix}{exc}", reason=prefix + detail, values=values)
 
 
 def _check(node: ast.AST) -> None:

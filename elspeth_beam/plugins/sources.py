@@ -121,7 +121,7 @@ class _FileSource(SourcePlugin):
                 row = coerce_row(row, self.options.schema_)
             self._check_values(row)
         except RowError as exc:
-            return SourceRecord(index, raw, None, str(exc))
+            return SourceRecord(index, raw, None, exc)
         return SourceRecord(index, raw, row)
 
     def _check_values(self, row: dict[str, Any]) -> None:

@@ -36,12 +36,12 @@ class FieldMapper(TransformPlugin):
         opts = self.options
         missing = [f for f in opts.rename if f not in row] if opts.strict else []
         if missing:
-            raise RowError(f"cannot rename missing field(s) {missing}")
+            raise RowError.about(lambda: f"cannot rename missing field(s) {missing}")
         out = {opts.rename.get(k, k): v for k, v in row.items()}
         if opts.select is not None:
             absent = [f for f in opts.select if f not in out]
             if absent and opts.strict:
-                raise RowError(f"cannot select missing field(s) {absent}")
+                raise RowError.about(lambda: f"cannot select missing field(s) {absent}")
             out = {f: out.get(f) for f in opts.select}
         for field in opts.drop:
             out.pop(field, None)
