@@ -739,6 +739,8 @@ def test_accounts_pipeline_totals_count_each_unique_charge_once(accounts_run):
     result, settings = accounts_run
     report = testing.assert_audit_complete(result)
     assert report.ok and result.result.status.value == "completed"
+    # the README's runner note: two chained aggregations, in batch, on the FnApiRunner, nothing lost
+    assert result.result.runner.endswith("(FnApiRunner)"), result.result.runner
     batches = result.store.table_rows(s.batches, result.run_id)
     assert batches and {b["status"] for b in batches} == {"completed"}
     assert {b["aggregation_node_id"] for b in batches} == {"aggregation:dedupe_resent", "aggregation:account_totals"}
