@@ -376,7 +376,7 @@ def test_same_figures_on_postgresql(accounts, postgres_url, tmp_path):
     def figures(r):  # type: ignore[no-untyped-def]
         return (
             r.header.rows_read,
-            [(n.node_id, n.tokens_in, n.tokens_out, n.completed, n.failed, n.open, n.p95_ms is None) for n in r.nodes],
+            [(n.node_id, n.tokens_in, n.tokens_out, n.completed, n.errored, n.open, n.p95_ms is None) for n in r.nodes],
             [b.model_dump(exclude={"mean_size"}) for b in r.batches],
             [(x.name, x.by_outcome, len(x.artifacts)) for x in r.sinks],
             r.outcomes,
