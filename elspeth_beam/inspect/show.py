@@ -59,10 +59,10 @@ class RunDetails(BaseModel):
 def show_run(store: LandscapeStore, run_id: str, *, top: int = TOP_REASONS) -> RunDetails:
     """Everything ``show`` prints about one run (raises RunNotFoundError for an unknown id)."""
     run = store.run(run_id)
-    summary = summarize(store, run_id)
-    header = run_header(store, run, summary["rows_read"])
     with store.engine.connect() as conn:
         reasons = error_reasons(conn, run_id)
+    summary = summarize(store, run_id, reasons=reasons)
+    header = run_header(store, run, summary["rows_read"])
     return RunDetails(
         header=header,
         settings=json.loads(run["settings_json"]),

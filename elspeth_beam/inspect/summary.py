@@ -24,7 +24,9 @@ TOP_REASONS = 5  # reasons listed per outcome; the rest are counted, not listed
 _REASON_WIDTH = 110  # characters of a reason shown in the text table
 
 
-def summarize(store: LandscapeStore, run_id: str) -> dict[str, Any]:
+def summarize(store: LandscapeStore, run_id: str, *, reasons: list[ReasonGroup] | None = None) -> dict[str, Any]:
+    """The run's counts and commonest reasons; ``reasons``, the run's ``error_reasons``, when
+    the caller has read them already (``show`` lists them too)."""
     o = s.token_outcomes
     with store.engine.connect() as conn:
         rows_read = conn.execute(select(func.count()).select_from(s.rows).where(s.rows.c.run_id == run_id)).scalar_one()
@@ -42,7 +44,8 @@ def summarize(store: LandscapeStore, run_id: str) -> dict[str, Any]:
         )
         by_trigger = _batches_by_trigger(conn, run_id)
         set_aside = rows_set_aside(conn, run_id)
-        reasons = error_reasons(conn, run_id)
+        if reasons is None:
+            reasons = error_reasons(conn, run_id)
     quarantine_reasons = _reason_rows(reasons, "quarantined")
     failure_reasons = _reason_rows(reasons, "failed")
     return {
