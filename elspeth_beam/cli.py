@@ -476,14 +476,16 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger().addFilter(_quiet_beam_import_noise)
     for handler in logging.getLogger().handlers:  # Beam's own loggers propagate here, past logger filters
-        handler.addFilter(_no_interrupt_traceback)
+        handler.addFilter(_no_told_traceback)
 
 
-def _no_interrupt_traceback(record: logging.LogRecord) -> bool:
-    """Beam logs a DoFn's KeyboardInterrupt with its traceback; Ctrl-C gets one line instead."""
-    from elspeth_beam.run import _is_interrupt
+def _no_told_traceback(record: logging.LogRecord) -> bool:
+    """Beam logs a failed DoFn's exception with its traceback. Ctrl-C, and an error of our own
+    (which says what to fix), get the one line ``main`` prints instead; a bug keeps its traceback."""
+    from elspeth_beam.run import _is_interrupt, own_error
 
-    return not (record.exc_info and record.exc_info[1] is not None and _is_interrupt(record.exc_info[1]))
+    error = record.exc_info[1] if record.exc_info else None
+    return error is None or not (_is_interrupt(error) or own_error(error) is not None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -296,7 +296,9 @@ def _run_recorded(
         report = verify_run(store, run_id)
     with phases("summary"):
         summary = summarize(store, run_id)
-    reason = failure_reason(report, summary, loaded.settings.run.max_quarantined_fraction)
+        summary["warnings"] = input_warnings(loaded, summary)
+    reason = failure_reason(report, summary, loaded.settings.run.max_quarantined_fraction,
+                            allow_empty=loaded.settings.run.allow_empty)
     with phases("digest"):
         digested = {**digest_tables_apart(store.engine, run_id, DIGESTED_IN_PIPELINE_PROCESS), **digesting()}
     status = RunStatus.COMPLETED if reason is None else RunStatus.FAILED
@@ -324,14 +326,27 @@ class Phases:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
-def failure_reason(report: VerifyReport, summary: dict[str, Any], max_fraction: float | None) -> str | None:
-    """Why a run whose pipeline finished is not ``completed``: its audit failed verification, or
-    too many of its source rows were set aside (quarantined or failed): more than
-    ``run.max_quarantined_fraction`` or, when that is unset, every one — a run that gets no row
-    through has not done its job, whatever its audit says."""
+def input_warnings(loaded: LoadedPipeline, summary: dict[str, Any]) -> list[str]:
+    """What the summary says out loud about the input: a source that yielded nothing."""
+    if summary["rows_read"]:
+        return []
+    path = loaded.settings.source.options.get("path")
+    return [f"the source yielded no rows{f' ({path})' if path else ''}: an empty file, a header only or a pattern "
+            "matching no file (run.allow_empty: false makes this a failed run)"]
+
+
+def failure_reason(report: VerifyReport, summary: dict[str, Any], max_fraction: float | None, *,
+                   allow_empty: bool = True) -> str | None:
+    """Why a run whose pipeline finished is not ``completed``: its audit failed verification,
+    its source yielded nothing and ``run.allow_empty`` is false, or too many of its source rows
+    were set aside (quarantined or failed): more than ``run.max_quarantined_fraction`` or, when
+    that is unset, every one — a run that gets no row through has not done its job, whatever
+    its audit says."""
     if not report.ok:
         return f"the audit failed verification ({len(report.problems)} problem(s))"
     rows, set_aside = summary["rows_read"], summary["rows_set_aside"]
+    if not rows and not allow_empty:
+        return "the source yielded no rows and run.allow_empty is false"
     if rows and set_aside == rows and max_fraction is None:
         return (f"every source row ({set_aside} of {rows}) was quarantined or failed: none got through "
                 "(run.max_quarantined_fraction: 1 accepts that)")
@@ -425,9 +440,23 @@ def _make(make_pipeline: Callable[[PipelineOptions], beam.Pipeline] | None, opti
 
 
 def _root_message(exc: BaseException) -> str:
-    """The innermost meaningful message of a Beam-wrapped exception."""
+    """What a Beam-wrapped exception says to the user: the message of our own error in it
+    (it says what to fix), else the innermost one's."""
+    ours = own_error(exc)
+    if ours is not None:
+        return str(ours).strip().splitlines()[0]
     seen = exc
     while seen.__cause__ is not None or seen.__context__ is not None:
         seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
     message = str(seen).strip().splitlines()
     return f"{type(seen).__name__}: {message[-1] if message else ''}"
+
+
+def own_error(exc: BaseException) -> ElspethError | None:
+    """The outermost ElspethError in ``exc``'s chain (Beam wraps a DoFn's exception), if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ElspethError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -165,7 +165,7 @@ def test_jsonl_bad_records_are_quarantined_not_dropped(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(lines) + "\n")
     records = [line for line in lines if line.strip()]
-    bad = {1: "malformed JSON", 2: "must be an object, got list", 3: "NaN", 4: "Infinity", 5: "must be an object, got str"}
+    bad = {1: "malformed JSON", 2: "must be an object, got array", 3: "NaN", 4: "Infinity", 5: "must be an object, got string"}
 
     run = testing.run_for_test(_simple(tmp_path, src, source_plugin="jsonl"), tmp_path)
     testing.assert_audit_complete(run)

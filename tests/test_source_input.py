@@ -26,7 +26,7 @@ from elspeth_beam.landscape.store import LandscapeStore
 from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import SourcePlugin, SourceRecord
 
-LIMIT = 131072  # the csv module's default field size limit
+LIMIT = 131072  # the CSV source's default max_field_chars (plugins/limits.py)
 ENCODING_HINT = "encoding option"
 
 
@@ -143,7 +143,7 @@ def test_csv_unknown_encoding_is_a_settings_error(tmp_path):
             testing.run_for_test(_settings(tmp_path, b"id\n1\n", "csv", encoding=encoding), tmp_path)
 
 
-# ---- CSV: a field over the csv module's limit --------------------------------------------------
+# ---- CSV: a field over the source's max_field_chars---------------------------------------------
 
 def test_csv_over_long_field_then_good_rows(tmp_path):
     long = "x" * (LIMIT + 10)
@@ -229,7 +229,7 @@ def test_jsonl_nan_and_infinity_without_a_schema_get_one_line_reasons(tmp_path):
         2: "field 'x': Infinity has no canonical form (use null or a finite number)",
         3: "field 'x.deep[1]': -Infinity has no canonical form (use null or a finite number)",
         4: "field 'x': Infinity has no canonical form (use null or a finite number)",
-        5: "a JSON Lines record must be an object, got list",
+        5: "a JSON Lines record must be an object, got array",
     }
     assert _good(tmp_path) == [{"id": 0, "x": 1.5}, {"id": 6, "x": 6}]
 

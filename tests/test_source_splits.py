@@ -87,9 +87,15 @@ def test_a_glob_reads_files_in_path_order_and_indexes_run_on(tmp_path):
     assert {s.path for s in source.splits(1)} == {str(tmp_path / n) for n in ("a.csv", "b.csv", "c.csv")}
 
 
-def test_a_glob_that_matches_nothing_is_refused_with_the_pattern(tmp_path):
-    with pytest.raises(PluginError, match="matches no file"):
-        _csv(tmp_path / "*.csv").preflight()
+def test_a_glob_that_matches_nothing_is_an_empty_input(tmp_path):
+    source = _csv(tmp_path / "*.csv")
+    source.preflight()  # not refused: the run's summary warns of an empty input (tests/test_hostile_input.py)
+    assert list(source.read()) == [] and source.splits(1) == [] and source.header() is None
+
+
+def test_a_missing_file_is_refused_with_its_path(tmp_path):
+    with pytest.raises(PluginError, match="does not exist"):
+        _csv(tmp_path / "absent.csv").preflight()
 
 
 _JSONL_LINES = st.lists(st.sampled_from([

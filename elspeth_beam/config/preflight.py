@@ -21,6 +21,7 @@ from elspeth_beam.core.enums import NodeType
 from elspeth_beam.core.errors import ElspethError
 from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import SinkPlugin, SourcePlugin
+from elspeth_beam.plugins.limits import lift_csv_field_limit
 
 Fields = frozenset[str] | None  # the fields every row at a point has; None: not known here
 _PLACEHOLDER_RUN = "run-id"  # validate has no run id; the parts folder's shape is what matters
@@ -161,6 +162,7 @@ def _header(source: SourceSettings) -> frozenset[str] | None:
         return None
     try:
         if source.plugin == "csv":
+            lift_csv_field_limit()
             with path.open(newline="", encoding=source.options.get("encoding", "utf-8")) as handle:
                 return frozenset(next(csv.reader(handle, delimiter=source.options.get("delimiter", ",")), []))
         if source.plugin == "parquet":
@@ -172,6 +174,6 @@ def _header(source: SourceSettings) -> frozenset[str] | None:
                 first = next((line for line in handle if line.strip()), "{}")
             record = json.loads(first)
             return frozenset(record) if isinstance(record, dict) else None
-    except (OSError, ValueError, csv.Error):  # unreadable: the source's own problem, reported when it reads
+    except (OSError, ValueError, RecursionError, csv.Error):  # unreadable: the source's own problem, reported when it reads
         return None
     return None

@@ -94,6 +94,11 @@ class LandscapeSettings(_Model):
 class RunSettings(_Model):
     runner: str = "DirectRunner"
     beam_options: list[str] = []
+    allow_empty: bool = Field(
+        True,
+        description="a source that yields no rows (an empty file, a header only, a pattern matching no file) "
+                    "completes the run with a warning; false: the run ends failed",
+    )
     max_quarantined_fraction: float | None = Field(
         None, ge=0.0, le=1.0,
         description="the run ends failed when more than this fraction of its source rows were quarantined or "

@@ -18,8 +18,13 @@ from elspeth_beam.core.errors import CanonicalizationError, ElspethError
 
 JSONValue = Any  # str | int | float | bool | None | list | dict of those
 
+MAX_NESTING = 100
+"""Objects and arrays in a row nest at most this deep: every reader after the source (the JSON
+parser, canonical JSON, the coder, explain and export in a fresh process) recurses, and none
+of them should meet a row that exhausts Python's stack."""
 
-def _check_json_native(value: Any, path: str) -> None:
+
+def _check_json_native(value: Any, path: str, depth: int = 1) -> None:
     if isinstance(value, str):
         if not value.isascii():
             try:
@@ -36,15 +41,17 @@ def _check_json_native(value: Any, path: str) -> None:
                 "clean the value or map it to null"
             )
         return
+    if isinstance(value, (dict, list)) and depth > MAX_NESTING:
+        raise CanonicalizationError(f"field {path!r} is nested deeper than {MAX_NESTING} levels (objects and arrays)")
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
                 raise CanonicalizationError(f"field {path!r} has a non-string key {k!r}")
-            _check_json_native(v, f"{path}.{k}")
+            _check_json_native(v, f"{path}.{k}", depth + 1)
         return
     if isinstance(value, list):
         for i, v in enumerate(value):
-            _check_json_native(v, f"{path}[{i}]")
+            _check_json_native(v, f"{path}[{i}]", depth + 1)
         return
     raise CanonicalizationError(
         f"field {path!r} holds a {type(value).__name__}; row values must be JSON types "

@@ -147,6 +147,7 @@ def render_text(
         _row("runner", runner),
         _row("duration", f"{duration_s:.2f}s"),
         _row("rows read", str(summary["rows_read"])),
+        *[_row("warning", warning) for warning in summary.get("warnings", [])],
         *_sink_rows(summary["rows_per_sink"]),
         *_outcome_rows("quarantined", summary["quarantined"], summary.get("quarantine_reasons", [])),
         *_outcome_rows("failed", summary["failed"], summary.get("failure_reasons", [])),

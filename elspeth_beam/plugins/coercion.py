@@ -12,6 +12,7 @@ import re
 from typing import Any, Callable
 
 from elspeth_beam.core.errors import RowError
+from elspeth_beam.core.tokens import MAX_NESTING
 
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
@@ -95,22 +96,31 @@ def coerce_row(row: dict[str, Any], schema: dict[str, str]) -> dict[str, Any]:
             raise RowError.about(lambda: f"field {field!r} is empty but declared {type_name} (use {base}? to allow empty)")
         try:
             out[field] = COERCERS[base](value)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: an int beyond a float's range
             raise RowError.about(lambda v: f"field {field!r}: cannot coerce {v} to {base}", value, detail=str(exc)) from None
     return out
+
+
+def json_type_name(value: Any) -> str:
+    """A parsed JSON value's type as JSON names it (``null``, not ``NoneType``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(type(value), type(value).__name__)
 
 
 def check_json_values(row: dict[str, Any]) -> None:
     """Raise RowError naming the first field whose value has no canonical JSON form.
 
-    Sources whose parser can produce NaN, Infinity, lone surrogates or non-JSON types check
-    here, so the quarantine reason is one line naming the field — not the token model's
-    multi-line validation error later."""
+    Sources whose parser can produce NaN, Infinity, lone surrogates, non-JSON types or values
+    nested deeper than ``MAX_NESTING`` check here, so the quarantine reason is one line naming
+    the field — not the token model's multi-line validation error later."""
     for field, value in row.items():
-        _check_json_value(value, field)
+        _check_json_value(value, field, 1)
 
 
-def _check_json_value(value: Any, path: str) -> None:
+def _check_json_value(value: Any, path: str, depth: int) -> None:
     if isinstance(value, str):
         if not value.isascii() and (found := _LONE_SURROGATE.search(value)):
             raise RowError.about(lambda v: f"field {path!r} holds a lone surrogate ({v}), which has no UTF-8 form", found.group())
@@ -118,14 +128,16 @@ def _check_json_value(value: Any, path: str) -> None:
         if not math.isfinite(value):
             name = "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
             raise RowError.about(lambda: f"field {path!r}: {name} has no canonical form (use null or a finite number)")
+    elif isinstance(value, (dict, list)) and depth > MAX_NESTING:
+        raise RowError.about(lambda: f"field {path!r} is nested deeper than {MAX_NESTING} levels (objects and arrays)")
     elif isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise RowError.about(lambda v: f"field {path!r} has a non-string key {v}", key)
-            _check_json_value(item, f"{path}.{key}")
+            _check_json_value(item, f"{path}.{key}", depth + 1)
     elif isinstance(value, list):
         for position, item in enumerate(value):
-            _check_json_value(item, f"{path}[{position}]")
+            _check_json_value(item, f"{path}[{position}]", depth + 1)
     elif value is not None and not isinstance(value, int):  # bool is an int
         raise RowError.about(lambda: f"field {path!r} holds a {type(value).__name__}; row values must be JSON types "
                                      "(str, int, float, bool, null, list, object)")

@@ -1,7 +1,10 @@
 """File sinks: CSV, JSON Lines, Parquet.
 
 A sink writes one *part* per bundle (durably: temp name, fsync, atomic rename) and, when the
-run ends, merges the parts the Landscape recorded into the file the user asked for.
+run ends, merges the parts the Landscape recorded into the file the user asked for. Whatever a
+row held, what a sink wrote it reads back (``read_rows``): the merge reads parts back with the
+sink's own reader, never with a library default a row can exceed (the csv module's field
+limit), and a Parquet column whose values share no Arrow type holds them as JSON text.
 """
 
 from __future__ import annotations
@@ -10,12 +13,15 @@ import csv
 import glob
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field
 
+from elspeth_beam.core.errors import PluginError
 from elspeth_beam.plugins.base import PluginOptions, SinkPlugin
+from elspeth_beam.plugins.limits import lift_csv_field_limit
 
 
 class FileSinkOptions(PluginOptions):
@@ -66,6 +72,11 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
     return sorted({key for order in orders for key in order})
 
 
+def _first_line(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return handle.readline()
+
+
 def _cell(value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
@@ -87,11 +98,35 @@ class CsvSink(SinkPlugin):
         durable_write(target, write)
 
     def merge(self, parts: list[Path], target: Path) -> None:
-        rows: list[dict[str, Any]] = []
-        for part in parts:
-            with part.open(newline="", encoding="utf-8") as handle:
-                rows.extend(csv.DictReader(handle))
-        self.write_part(rows, target)
+        """Parts with one plain header (no quotes, so one line) are concatenated below it;
+        others are read back and written again as one part of all their rows would be."""
+        headers = {_first_line(part) for part in parts}
+        if len(headers) == 1 and b'"' not in (header := headers.pop()) and header.endswith(b"\r\n"):
+            def write(tmp: Path) -> None:
+                with tmp.open("wb") as out:
+                    out.write(header)
+                    for part in parts:
+                        with part.open("rb") as handle:
+                            handle.readline()
+                            shutil.copyfileobj(handle, out)
+
+            durable_write(target, write)
+            return
+        self.write_part([row for part in parts for row in self.read_rows(part)], target)
+
+    @staticmethod
+    def read_rows(path: Path) -> list[dict[str, str]]:
+        """The rows of a file this sink wrote, every value as text (a missing value as '').
+        A file whose header is empty holds rows without fields, one blank line each."""
+        lift_csv_field_limit()
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                return []
+            if not header:
+                return [{} for _ in reader]
+            return [dict(zip(header, fields)) for fields in reader if fields]
 
 
 class JsonlSink(SinkPlugin):
@@ -117,9 +152,56 @@ class JsonlSink(SinkPlugin):
 
         durable_write(target, write)
 
+    @staticmethod
+    def read_rows(path: Path) -> list[dict[str, Any]]:
+        """The rows of a file this sink wrote. Lines end at ``\n`` only: a string may hold
+        U+2028 or U+0085 unescaped, which ``str.splitlines`` would take for line breaks."""
+        with path.open(encoding="utf-8", newline="") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+
+
+JSON_COLUMN = {b"elspeth_beam.encoding": b"json"}
+"""Field metadata of a Parquet column that holds its values as JSON text: values of several
+types (a number here, text there), nested objects and arrays, integers beyond int64."""
+_INT64 = (-(2**63), 2**63 - 1)
+_EXACT_IN_DOUBLE = 2**53
+
+
+def _arrow_type(values: list[Any]) -> Any:
+    """The Arrow type that holds every value exactly, or None if only JSON text does."""
+    import pyarrow as pa
+
+    kinds = {type(v) for v in values if v is not None}
+    if not kinds:
+        return pa.null()
+    if kinds == {str}:
+        return pa.string()
+    if kinds == {bool}:
+        return pa.bool_()
+    if kinds <= {int, float}:
+        ints = [v for v in values if type(v) is int]
+        if kinds == {int} and _INT64[0] <= min(ints) and max(ints) <= _INT64[1]:
+            return pa.int64()
+        if all(abs(v) <= _EXACT_IN_DOUBLE for v in ints):  # ints with floats: doubles, if exact
+            return pa.float64()
+    return None
+
+
+def _arrow_column(name: str, values: list[Any]) -> tuple[Any, Any]:
+    import pyarrow as pa
+
+    arrow_type = _arrow_type(values)
+    if arrow_type is not None:
+        return pa.field(name, arrow_type), pa.array(values, arrow_type)
+    text = [None if v is None else json.dumps(v, ensure_ascii=False, allow_nan=False) for v in values]
+    return pa.field(name, pa.string(), metadata=JSON_COLUMN), pa.array(text, pa.string())
+
 
 class ParquetSink(SinkPlugin):
-    """A Parquet file; columns as for csv, types as pyarrow infers them."""
+    """A Parquet file; columns as for csv. A column is int64, double, bool or string when its
+    values share that type exactly (ints with floats: double, if every int is exact in one),
+    else JSON text marked in the column's metadata (``JSON_COLUMN``); a field a row lacks is
+    null. Parquet cannot hold a row without fields, so a part of only such rows is refused."""
 
     name = "parquet"
     extension: ClassVar[str] = "parquet"
@@ -130,14 +212,36 @@ class ParquetSink(SinkPlugin):
         import pyarrow.parquet as pq
 
         columns = _columns(rows)
-        table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
+        if rows and not columns:
+            raise PluginError(f"a Parquet file cannot hold rows without fields ({len(rows)} such rows for "
+                              f"{self.path()}): give them a field, or send them to a csv or jsonl sink")
+        fields, arrays = zip(*(_arrow_column(c, [row.get(c) for row in rows]) for c in columns)) if columns else ((), ())
+        table = pa.Table.from_arrays(list(arrays), schema=pa.schema(list(fields)))
         durable_write(target, lambda tmp: pq.write_table(table, tmp))
 
     def merge(self, parts: list[Path], target: Path) -> None:
+        """Parts of one schema are concatenated as tables; others are read back and written
+        again as one part of all their rows would be."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        tables = [pq.read_table(p) for p in parts]
-        merged = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
-        merged = merged.select(_columns([dict.fromkeys(t.column_names) for t in tables]))
-        durable_write(target, lambda tmp: pq.write_table(merged, tmp))
+        schemas = [pq.read_schema(part) for part in parts]
+        if schemas and all(schema.equals(schemas[0], check_metadata=True) for schema in schemas):
+            merged = pa.concat_tables([pq.read_table(part, schema=schemas[0]) for part in parts])
+            durable_write(target, lambda tmp: pq.write_table(merged, tmp))
+            return
+        self.write_part([row for part in parts for row in self.read_rows(part)], target)
+
+    @staticmethod
+    def read_rows(path: Path) -> list[dict[str, Any]]:
+        """The rows of a file this sink wrote, JSON text columns decoded."""
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        columns = []
+        for field, column in zip(table.schema, table.columns):
+            values = column.to_pylist()
+            if field.metadata and field.metadata.get(b"elspeth_beam.encoding") == b"json":
+                values = [None if v is None else json.loads(v) for v in values]
+            columns.append(values)
+        return [dict(zip(table.column_names, values)) for values in zip(*columns)]

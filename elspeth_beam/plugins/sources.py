@@ -24,7 +24,8 @@ from pydantic import Field, field_validator
 
 from elspeth_beam.core.errors import PluginError, RowError
 from elspeth_beam.plugins.base import PluginOptions, SourcePlugin, SourceRecord
-from elspeth_beam.plugins.coercion import check_json_values, check_type_name, coerce_row
+from elspeth_beam.plugins.coercion import check_json_values, check_type_name, coerce_row, json_type_name
+from elspeth_beam.plugins.limits import MAX_FIELD_CHARS, lift_csv_field_limit
 from elspeth_beam.plugins.splits import SourceSplit, ascii_compatible, open_window, plan_lines, source_files
 
 # Bytes the decoder could not read survive as these (errors="surrogateescape"): 0xDC00 + the byte.
@@ -77,11 +78,9 @@ class _FileSource(SourcePlugin):
         self.files()
 
     def files(self) -> list[str]:
-        """The files the source reads; refuses a missing file or a pattern matching none."""
-        files = source_files(self.options.path)
-        if not files:
-            raise PluginError(f"source pattern {self.options.path!r} matches no file (relative paths are from {Path.cwd()})")
-        return [_existing(path) for path in files]
+        """The files the source reads; refuses a missing file. A pattern that matches none is an
+        empty input (the run's summary warns of it; ``run.allow_empty: false`` fails the run)."""
+        return [_existing(path) for path in source_files(self.options.path)]
 
     def read(self) -> Iterator[SourceRecord]:
         index = 0
@@ -170,6 +169,9 @@ def _visible(text: str) -> str:
 
 class CsvSourceOptions(TextSourceOptions):
     delimiter: str = Field(default=",", description="the field separator")
+    max_field_chars: int = Field(default=MAX_FIELD_CHARS, ge=1, description=(
+        "a record with a longer field is quarantined (the reason names the field); a header "
+        "with a longer name refuses the file"))
 
 
 class _LineTape:
@@ -261,7 +263,10 @@ class CsvSource(_TextSource):
         """The column names of ``path`` (default: the first file) as ``read`` sees them (no byte
         order mark); None for an empty file. A header that cannot be decoded or repeats a name
         refuses the file (PluginError)."""
-        path = path or self.files()[0]
+        path = path or next(iter(self.files()), None)
+        if path is None:
+            return None
+        lift_csv_field_limit()
         with self._open_text(SourceSplit(path), newline="") as handle:
             tape = _LineTape(handle)
             return self._header(csv.reader(tape, delimiter=self.options.delimiter), tape, path)
@@ -269,6 +274,7 @@ class CsvSource(_TextSource):
     def _read(self, split: SourceSplit) -> Iterator[SourceRecord]:
         """A split past the header reads the header from its file's start."""
         header = None if split.start == 0 else self.header(split.path)
+        lift_csv_field_limit()
         with self._open_text(split, newline="") as handle:
             tape = _LineTape(handle, split.first_line - 1)
             reader = csv.reader(tape, delimiter=self.options.delimiter)
@@ -305,6 +311,10 @@ class CsvSource(_TextSource):
             raise PluginError(f"source file {path!r}: the header cannot be read: {problem}")
         if header is not None:
             self._refuse_repeated(header, path)
+            longest = max(map(len, header), default=0)
+            if longest > self.options.max_field_chars:
+                raise PluginError(f"source file {path!r}: a column name in the header is {longest} characters long, "
+                                  f"over max_field_chars ({self.options.max_field_chars}); is line 1 the header?")
         return header
 
     def _csv_record(self, index: int, text: str, first_line: int, header: list[str], fields: list[str]) -> SourceRecord:
@@ -314,15 +324,20 @@ class CsvSource(_TextSource):
             return SourceRecord(index, _visible(raw), None, problem)
         if len(fields) != len(header):
             return SourceRecord(index, raw, None, f"malformed CSV line: expected {len(header)} fields, got {len(fields)}")
+        if fields and max(map(len, fields)) > self.options.max_field_chars:
+            return SourceRecord(index, raw, None, self._too_long(first_line, header, fields))
         return self._record(index, raw, dict(zip(header, fields)))
+
+    def _too_long(self, line: int, header: list[str], fields: list[str]) -> str:
+        position = max(range(len(fields)), key=lambda i: len(fields[i]))
+        return (f"line {line}: field {header[position]!r} is {len(fields[position])} characters long, over the "
+                f"source's max_field_chars ({self.options.max_field_chars})")
 
     def _check_values(self, row: dict[str, Any]) -> None:
         """CSV values are decoded text, and coercion yields canonical values: nothing to check."""
 
 
 def _csv_error(exc: csv.Error, line: int) -> str:
-    if "field larger than field limit" in str(exc):
-        return f"line {line}: a field is longer than the csv module's limit of {csv.field_size_limit()} characters"
     return f"line {line}: malformed CSV: {exc}"
 
 
@@ -380,8 +395,10 @@ class JsonlSource(_TextSource):
             return SourceRecord(index, raw, None, f"malformed JSON: {exc.msg} at column {exc.colno}")
         except _RepeatedKey as exc:
             return SourceRecord(index, raw, None, str(exc))
+        except RecursionError:
+            return SourceRecord(index, raw, None, "malformed JSON: nested deeper than the JSON parser can follow")
         if not isinstance(value, dict):
-            return SourceRecord(index, raw, None, f"a JSON Lines record must be an object, got {type(value).__name__}")
+            return SourceRecord(index, raw, None, f"a JSON Lines record must be an object, got {json_type_name(value)}")
         return self._record(index, raw, value)
 
 
@@ -402,6 +419,45 @@ def _json_native(value: Any) -> Any:
     if isinstance(value, (list, tuple)):  # a map column's entries come as (key, value) tuples
         return [_json_native(v) for v in value]
     return value
+
+
+def _batch_rows(batch: Any) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """A record batch's rows as Python values, each with None or why it cannot be read. Arrow
+    converts a whole batch at once; a value Python cannot hold (a nanosecond that is no whole
+    microsecond, a date past year 9999) fails it, so that batch is read value by value."""
+    import pyarrow as pa
+
+    try:
+        yield from ((row, None) for row in batch.to_pylist())
+        return
+    except (pa.ArrowException, ValueError, OverflowError):
+        pass
+    for i in range(batch.num_rows):
+        row: dict[str, Any] = {}
+        problem = None
+        for name, column in zip(batch.schema.names, batch.columns):
+            try:
+                row[name] = _scalar_value(column[i])
+            except (pa.ArrowException, ValueError, OverflowError) as exc:
+                row[name] = None
+                problem = problem or f"field {name!r} cannot be read as a JSON value: {exc}"
+        yield row, problem
+
+
+def _scalar_value(scalar: Any) -> Any:
+    """``scalar.as_py()``, but a timestamp as ISO 8601 text at its own precision (nanoseconds
+    included), the form ``_json_native`` gives a whole-microsecond one."""
+    import pyarrow as pa
+
+    if not pa.types.is_timestamp(scalar.type) or not scalar.is_valid:
+        return scalar.as_py()
+    per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[scalar.type.unit]
+    seconds, fraction = divmod(scalar.value, per_second)
+    moment = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=seconds)
+    digits = f"{fraction * 10**9 // per_second:09d}"
+    digits = digits[:6] if digits.endswith("000") else digits
+    text = moment.isoformat().replace("+00:00", "")
+    return text + ("" if fraction == 0 else f".{digits}") + "Z"
 
 
 class ParquetSource(_FileSource):
@@ -427,9 +483,9 @@ class ParquetSource(_FileSource):
         groups = range(split.start, parquet.num_row_groups if split.end is None else split.end)
         index = split.first_index
         for batch in parquet.iter_batches(batch_size=4096, row_groups=list(groups)):
-            for row in batch.to_pylist():
+            for row, problem in _batch_rows(batch):
                 native = {k: _json_native(v) for k, v in row.items()}
-                yield self._record(index, repr(native), native)
+                yield self._record(index, repr(native), native) if problem is None else SourceRecord(index, repr(native), None, problem)
                 index += 1
 
     def _plan(self, path: str, target_bytes: int, first_index: int) -> tuple[list[SourceSplit], int] | None:
