@@ -40,7 +40,7 @@ class HostileFile:
         return f"HostileFile({self.kind!r}, records={self.records}, columns={self.columns!r}, {len(self.data)} bytes: {shown!r})"
 
 
-NAMES = ["id", "amount", "name", "c", "", " ", "Amount", "a,b", 'q"uote', "ünï", "x\ny"]
+NAMES = ["id", "amount", "name", "c", "", " ", "Amount", "a,b", 'q"uote', "ünï", "x\ny", "_error", "_raw"]
 FORMULAS = ["=1+1", "+1", "-1", "@SUM(A1)", "=cmd|' /C calc'!A0"]
 NUMBERS = ["0", "-0", "1.5", "1e400", "-1e400", "1e-400", str(2**53 + 1), str(2**64 + 1), "9" * 400,
            "NaN", "nan", "-nan", "Infinity", "-inf", "1_000", "0x10", " 7 ", "1,5"]
@@ -119,7 +119,7 @@ json_values = st.recursive(
 @st.composite
 def _jsonl_line(draw) -> str | bytes:
     kind = draw(st.sampled_from(["object", "object", "literal", "deep", "huge", "broken", "bytes", "blank", "other"]))
-    names = st.sampled_from(NAMES[:4] + ["", "d"])
+    names = st.sampled_from(NAMES[:4] + ["", "d", "_error", "_error_node"])
     if kind == "object":
         return json.dumps(draw(st.dictionaries(names, json_values, max_size=4)), ensure_ascii=draw(st.booleans()))
     if kind == "literal":

@@ -43,7 +43,6 @@ RUN_ID = "hostile"
 SINK_KINDS = ["csv", "jsonl", "parquet"]
 TYPES = ["int", "float", "str", "bool", "date", "datetime", "int?", "float?"]
 DOCUMENTED_REFUSALS = ("a Parquet file cannot hold rows without fields",)
-ERROR_FIELDS = ("_error", "_error_node")  # what an error sink adds to the row it was given
 
 
 # ---- generated pipelines ---------------------------------------------------------------------------
@@ -169,9 +168,10 @@ def _as_held(kind: str, row: dict[str, Any], columns: list[str]) -> bytes:
     return canonical_json({c: row.get(c) for c in columns})
 
 
-def _given_hash(row: dict[str, Any]) -> str:
-    """What the Landscape hashed: the token's row, before the error sink added its fields."""
-    return stable_hash({k: v for k, v in row.items() if k not in ERROR_FIELDS} if "_error_node" in row else row)
+def _given_hash(sink: str, row: dict[str, Any]) -> str:
+    """What the Landscape hashed: the token's row — for the error sink, before it added its
+    two fields (``_error``, ``_error_node``, or longer names the row left free) at the end."""
+    return stable_hash(dict(list(row.items())[:-2]) if sink == "rejects" else row)
 
 
 # ---- the checks ------------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def check_run(tmp: Path, source: HostileFile, settings_: dict[str, Any], spy: Si
                 given = [row for part in parts for row in spy.rows[part]]
                 received = Counter(h for (h,) in q("SELECT input_hash FROM node_states WHERE run_id = :r AND node_id = :n "
                                                    "AND status = 'completed'", n=node))
-                assert Counter(_given_hash(row) for row in given) == received, name
+                assert Counter(_given_hash(name, row) for row in given) == received, name
                 held = read_back(Path(sink["options"]["path"]))
                 reached = q("SELECT count(*) FROM token_outcomes WHERE run_id = :r AND sink_name = :s AND is_terminal",
                             s=name)[0][0]

@@ -213,3 +213,13 @@ def test_a_json_lines_record_that_is_no_object_is_named_in_json_terms(tmp_path):
     assert code == 0, out
     assert _reasons(tmp_path) == {i: f"a JSON Lines record must be an object, got {name}"
                                   for i, name in enumerate(["array", "null", "string", "number", "boolean"], start=1)}
+
+
+def test_an_error_sink_does_not_overwrite_a_field_named_like_its_own(tmp_path):
+    code, out, _ = _run(tmp_path, b'{"_error": "mine", "x": "abc"}\n', "jsonl", transforms=[
+        {"name": "num", "plugin": "coerce", "input": "raw", "on_success": "out", "on_error": "rejects",
+         "options": {"fields": {"x": "int"}}}])
+    assert code == 1, out  # its only row failed
+    (row,) = read_back(tmp_path / "rejects.jsonl")
+    assert row["_error"] == "mine" and row["x"] == "abc"
+    assert row["__error"].startswith("field 'x': cannot coerce 'abc' to int") and row["_error_node"] == "transform:num"

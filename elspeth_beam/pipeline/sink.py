@@ -52,9 +52,17 @@ def file_digest(path: Path) -> str:
 
 
 def output_row(token: TokenInfo, error: dict[str, Any] | None) -> dict[str, Any]:
+    """The row a sink writes: on an error path, the row and then why (``_error``, ``_error_node``,
+    each with one more leading underscore while the row has a field of that name, so none of
+    the row's own values is overwritten)."""
     if error is None:
         return token.row
-    return {**token.row, "_error": error["message"], "_error_node": error["node_id"]}
+    row = dict(token.row)
+    for name, value in (("_error", error["message"]), ("_error_node", error["node_id"])):
+        while name in row:
+            name = "_" + name
+        row[name] = value
+    return row
 
 
 class SinkDoFn(AuditedDoFn):
