@@ -106,7 +106,7 @@ def _nested(depth: int) -> str:
 
 
 JSON_LITERALS = ["NaN", "Infinity", "-Infinity", "1e400", "-1e999", str(2**53 + 1), str(2**64 + 1),
-                 "-" + "9" * 30, "1E2", "-0.0", '"\\ud800"', '"\\u0000"', '"\\u2028"', "true", "null", "[]", "{}"]
+                 "-" + "9" * 30, "9" * 5000, "1E2", "-0.0", '"\\ud800"', '"\\u0000"', '"\\u2028"', "true", "null", "[]", "{}"]
 
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False),

@@ -223,3 +223,19 @@ def test_an_error_sink_does_not_overwrite_a_field_named_like_its_own(tmp_path):
     (row,) = read_back(tmp_path / "rejects.jsonl")
     assert row["_error"] == "mine" and row["x"] == "abc"
     assert row["__error"].startswith("field 'x': cannot coerce 'abc' to int") and row["_error_node"] == "transform:num"
+
+
+def test_an_integer_of_more_digits_than_python_converts_is_quarantined(tmp_path):
+    """json.loads raises a plain ValueError (no JSONDecodeError) past sys.get_int_max_str_digits()."""
+    code, out, _ = _run(tmp_path, b'{"a": 1}\n{"a": ' + b"9" * 5000 + b'}\n', "jsonl")
+    assert code == 0, out
+    assert _reasons(tmp_path) == {1: "malformed JSON: Exceeds the limit (4300 digits) for integer string conversion: "
+                                     "value has 5000 digits"}
+
+
+def test_a_csv_whose_first_line_is_blank_is_refused(tmp_path):
+    """Found by the fuzz: b"\\n\\n" read as a header of no columns and a row of no fields."""
+    code, _, err = _run(tmp_path, b"\n\n", "csv")
+    assert code == 2
+    assert err.strip() == (f"elspeth-beam: error: source file '{tmp_path / 'in.csv'}': line 1, the header, is blank; "
+                           "the first line must name the columns")

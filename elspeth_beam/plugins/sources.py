@@ -309,6 +309,8 @@ class CsvSource(_TextSource):
         problem = self._undecodable(tape.take(), 1)
         if problem is not None:
             raise PluginError(f"source file {path!r}: the header cannot be read: {problem}")
+        if header == []:
+            raise PluginError(f"source file {path!r}: line 1, the header, is blank; the first line must name the columns")
         if header is not None:
             self._refuse_repeated(header, path)
             longest = max(map(len, header), default=0)
@@ -397,6 +399,8 @@ class JsonlSource(_TextSource):
             return SourceRecord(index, raw, None, str(exc))
         except RecursionError:
             return SourceRecord(index, raw, None, "malformed JSON: nested deeper than the JSON parser can follow")
+        except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+            return SourceRecord(index, raw, None, f"malformed JSON: {str(exc).split(';')[0]}")
         if not isinstance(value, dict):
             return SourceRecord(index, raw, None, f"a JSON Lines record must be an object, got {json_type_name(value)}")
         return self._record(index, raw, value)
