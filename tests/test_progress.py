@@ -371,9 +371,9 @@ def test_cli_json_prints_one_object_whose_counts_match_the_database(cli_runs) ->
     assert proc.stderr == ""  # stderr is not a terminal: no progress with --json
     run_id = data["run_id"]
     for key in ("status", "runner", "landscape", "duration_s", "rows_read", "rows_per_sink", "quarantined", "failed",
-                "batches", "batches_by_trigger", "quarantine_reasons", "failure_reasons", "verify"):
+                "batches", "batches_by_trigger", "quarantine_reasons", "failure_reasons", "warnings", "verify"):
         assert key in data, key
-    assert data["status"] == "completed" and data["verify"] == []
+    assert data["status"] == "completed" and data["verify"] == [] and data["warnings"] == []
     assert data["rows_read"] == sql(db, "SELECT COUNT(*) FROM rows WHERE run_id = ?", run_id)[0][0] == 300
     assert data["rows_per_sink"] == dict(sql(db, "SELECT sink_name, COUNT(*) FROM token_outcomes WHERE run_id = ? "
                                                  "AND sink_name IS NOT NULL GROUP BY 1", run_id))
