@@ -239,3 +239,11 @@ def test_a_csv_whose_first_line_is_blank_is_refused(tmp_path):
     assert code == 2
     assert err.strip() == (f"elspeth-beam: error: source file '{tmp_path / 'in.csv'}': line 1, the header, is blank; "
                            "the first line must name the columns")
+
+
+def test_a_quoted_multi_line_header_after_a_byte_order_mark_splits_where_records_start(tmp_path):
+    """Found by the fuzz: the split planner took the BOM for the header's first character, so
+    its quote did not open a quoted field and the line break inside it ended the header."""
+    code, out, _ = _run(tmp_path, b'\xef\xbb\xbf"x\ny",b\n1,2\n', "csv", source_options={}, run=None)
+    assert code == 0, out
+    assert read_back(tmp_path / "out.jsonl") == [{"x\ny": "1", "b": "2"}]

@@ -10,6 +10,7 @@ preflight, before the run starts.
 from __future__ import annotations
 
 import base64
+import codecs
 import csv
 import datetime as dt
 import json
@@ -230,13 +231,18 @@ def _csv_state(text: str, delimiter: str, state: int = _START) -> int:
     return state
 
 
-def _csv_record_ends(delimiter: str) -> Callable[[bytes], bool]:
+def _csv_record_ends(delimiter: str, encoding: str) -> Callable[[bytes], bool]:
     """For planning: whether a record ends with each line, in order (not inside a quoted
-    field). Only a line with a quote, or one inside a quoted field, is looked at closely."""
+    field). Only a line with a quote, or one inside a quoted field, is looked at closely. A
+    UTF-8 byte order mark is no character of the first field, as the reader strips it (else a
+    quoted header after one reads as unquoted, and a line break in it as the header's end)."""
     state = _START
+    first = codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
 
     def record_end(line: bytes) -> bool:
-        nonlocal state
+        nonlocal state, first
+        if first:
+            line, first = line.removeprefix(_BOM.encode("utf-8")), False
         if state != _QUOTED and b'"' not in line:
             return True
         state = _csv_state(line.decode("latin-1"), delimiter, state)  # the ASCII bytes are what counts
@@ -297,7 +303,7 @@ class CsvSource(_TextSource):
     def _plan(self, path: str, target_bytes: int, first_index: int) -> tuple[list[SourceSplit], int] | None:
         if not self._splittable():
             return None
-        return plan_lines(path, target_bytes, first_index, record_end=_csv_record_ends(self.options.delimiter),
+        return plan_lines(path, target_bytes, first_index, record_end=_csv_record_ends(self.options.delimiter, self.options.encoding),
                           skip_records=1)
 
     def _header(self, reader: Iterator[list[str]], tape: _LineTape, path: str) -> list[str] | None:
