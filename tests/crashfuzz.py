@@ -6,9 +6,13 @@ result with an uninterrupted run of the same input — the way Flink checks exac
 The pipeline has a transform, a gate that routes large amounts to one sink and forks the rest
 to a copy sink and to a count-triggered aggregation, whose flushes go to a third sink; a few
 source rows are malformed (quarantined). Each iteration kills the run with SIGKILL — the
-pipeline process, or separately the Landscape writer process, at a random moment, or at a
-random crash point (``ELSPETH_FAULT`` after_rows:N / in_flush) — then kills the first resume
-once more at a random moment, and resumes until the run is completed. Checked against the
+pipeline process, or separately the Landscape writer process, once the run has committed a
+random number of its audit segments, or at a random crash point (``ELSPETH_FAULT``
+after_rows:N / in_flush) — then kills the first resume once more, a few segments into its
+work, and resumes until the run is completed. Every crash point is progress the run reports
+(segment manifests in the audit log, source rows, flushes), strictly inside the run, never a
+moment of wall time: a machine twice as slow crashes at the same point, and a crash that does
+not happen (the run ended first) is a difference, not a pass. Checked against the
 uninterrupted run:
 
 - every sink's merged file equal as a multiset of records;
@@ -43,12 +47,14 @@ from typing import Any
 import yaml
 from sqlalchemy import create_engine, inspect, text
 
-from elspeth_beam import bench
+from elspeth_beam import bench, faults
+from elspeth_beam.auditlog import segments
 from elspeth_beam.core.canonical import canonical_json
 
 RUN_ID = "fuzz"
 AGGREGATION = "totals"
 BAD_EVERY = 997  # every so many rows, a malformed amount: quarantined at the source
+POLL = 0.01  # s between looks at the audit log's folder, waiting for a kill point
 
 
 def write_input(path: Path, rows: int, seed: int) -> None:
@@ -91,6 +97,15 @@ class Workspace:
     @property
     def settings_file(self) -> Path:
         return self.root / "pipeline.yaml"
+
+    @property
+    def audit_log(self) -> Path:
+        """The run's folder of the audit log (``<root>/landscape.audit/fuzz``, beside the SQLite file)."""
+        return segments.run_dir(segments.audit_log_dir(self.url), RUN_ID)
+
+    def committed(self) -> int:
+        """Segments the run has committed so far: the progress every SIGKILL is timed by."""
+        return len(segments.committed(self.audit_log))
 
     def prepare(self) -> Workspace:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -138,13 +153,31 @@ def writer_pid(parent: int) -> int | None:
     return None
 
 
+def kill_at_segment(ws: Workspace, proc: subprocess.Popen, count: int, target: str) -> bool:
+    """SIGKILL the process (or its writer child) once the run's audit log holds ``count``
+    committed segments; False if the process ended first."""
+    while ws.committed() < count:
+        if proc.poll() is not None:
+            return False
+        time.sleep(POLL)
+    return _sigkill(proc, target)
+
+
 def kill_after(proc: subprocess.Popen, delay: float, target: str) -> bool:
-    """SIGKILL the process (or its writer child) after ``delay`` s; False if it ended first."""
+    """SIGKILL after ``delay`` s of wall time; False if it ended first. Only for a ``Crash``
+    given in seconds (tests/test_crash_resume.py): on a machine of varying speed it can land
+    after the run has ended, which is why the fuzz and the soak never use it."""
     deadline = time.monotonic() + delay
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
-        time.sleep(0.02)
+        time.sleep(POLL)
+    return _sigkill(proc, target)
+
+
+def _sigkill(proc: subprocess.Popen, target: str) -> bool:
+    """SIGKILL the pipeline process or its writer child; False if it is gone (polled first, so a
+    finished process is reaped and never counted as killed)."""
     pid = proc.pid if target == "pipeline" else writer_pid(proc.pid)
     if pid is None or proc.poll() is not None:
         return False
@@ -181,17 +214,37 @@ def run_status(ws: Workspace) -> str | None:
 
 @dataclass
 class Crash:
-    """How one iteration interrupts the run: a fault or a SIGKILL, then a kill during resume."""
+    """How one iteration interrupts the run: a fault or a SIGKILL, then a kill during resume.
+
+    Points are progress, not time: ``at_segment`` of the ``segments`` the uninterrupted run
+    commits, ``fault``'s rows or flushes, and for the first resume a share of the work left,
+    turned into ``resume_after`` segments when it starts (what is left depends on where the
+    crash landed). ``delay`` and ``resume_delay`` are the older points in seconds, kept for
+    tests/test_crash_resume.py; the fuzz never draws them."""
 
     target: str  # "pipeline" | "writer" | "fault"
-    delay: float = 0.0  # seconds after start, for SIGKILL
+    segments: int = 0  # committed by the uninterrupted run: the scale of at_segment
+    at_segment: int | None = None  # SIGKILL once the run has committed this many segments
     fault: str | None = None  # ELSPETH_FAULT, for target "fault"
-    resume_delay: float | None = None  # SIGKILL the first resume after this many seconds
+    resume_share: float | None = None  # [0, 1): where in its first few segments to kill the first resume
+    resume_after: int | None = None  # the first resume's kill point: segments it commits (set as it starts)
+    delay: float | None = None  # seconds after start, for SIGKILL (tests/test_crash_resume.py)
+    resume_delay: float | None = None  # SIGKILL the first resume after this many seconds (likewise)
 
     def describe(self) -> str:
-        what = self.fault if self.target == "fault" else f"SIGKILL {self.target} at {self.delay:.1f}s"
-        during = f", resume killed at {self.resume_delay:.1f}s" if self.resume_delay is not None else ""
-        return what + during
+        return self._what() + self._during()
+
+    def _what(self) -> str:
+        if self.target == "fault":
+            return self.fault or "fault"
+        if self.at_segment is not None:
+            return f"SIGKILL {self.target} at segment {self.at_segment}/{self.segments}"
+        return f"SIGKILL {self.target} at {self.delay:.1f}s"
+
+    def _during(self) -> str:
+        if self.resume_after is not None:
+            return f", resume at +{self.resume_after} segment(s)"
+        return f", resume killed at {self.resume_delay:.1f}s" if self.resume_delay is not None else ""
 
 
 @dataclass
@@ -202,39 +255,65 @@ class Outcome:
 
 
 def crash_and_resume(ws: Workspace, crash: Crash, max_resumes: int = 6) -> Outcome:
-    """Run, crash as told, resume (killed once more if told) until the run is completed."""
-    proc = start_run(ws, crash.fault)
-    if crash.target == "fault":
-        kills = finish(proc)[0] == 137
-    else:
-        kills = kill_after(proc, crash.delay, crash.target)
-        finish(proc)
-    if run_status(ws) is None:  # killed before the run was recorded: there is nothing to resume, run it again
+    """Run, crash as told, resume (killed once more if told) until the run is completed. A crash
+    at a segment or a fault that does not happen is a difference: the iteration would test nothing."""
+    killed, rc, err = interrupt(ws, start_run(ws, crash.fault), crash)
+    if not killed and crash.delay is None:
+        return Outcome(differences=[f"{crash.describe()}: no crash, the run exited {rc} first "
+                                    f"({ws.committed()} segments committed){': ' + err if err else ''}"])
+    if run_status(ws) is None:  # killed (in seconds) before the run was recorded: nothing to resume, run it again
         rc, err = finish(start_run(ws))
         if rc != 0:
-            return Outcome(kills, differences=[f"the run, started again, exited {rc}: {err}"])
-    outcome = resume_until_completed(ws, crash.resume_delay, max_resumes)
-    outcome.kills += kills
+            return Outcome(killed, differences=[f"the run, started again, exited {rc}: {err}"])
+    outcome = resume_until_completed(ws, crash, max_resumes)
+    outcome.kills += killed
     return outcome
 
 
-def resume_until_completed(ws: Workspace, resume_delay: float | None = None, max_resumes: int = 6) -> Outcome:
-    """Resume the crashed run (the first resume SIGKILLed after ``resume_delay`` s) until completed."""
+def interrupt(ws: Workspace, proc: subprocess.Popen, crash: Crash) -> tuple[bool, int, str]:
+    """Crash the running ``proc`` at the crash's point and wait for it: whether it crashed
+    there, its exit code and the last line it wrote on stderr."""
+    if crash.target == "fault":
+        rc, err = finish(proc)
+        return rc == faults.EXIT_CODE, rc, err  # the fault fired
+    if crash.at_segment is not None:
+        killed = kill_at_segment(ws, proc, crash.at_segment, crash.target)
+    else:
+        killed = kill_after(proc, crash.delay or 0.0, crash.target)
+    return (killed, *finish(proc))
+
+
+def resume_until_completed(ws: Workspace, crash: Crash | None = None, max_resumes: int = 6) -> Outcome:
+    """Resume the crashed run (the first resume SIGKILLed as ``crash`` tells) until completed. A
+    first resume that finishes before its kill point is fine: no kill is counted."""
     outcome = Outcome()
     while run_status(ws) != "completed":
         if outcome.resumes >= max_resumes:
             outcome.differences.append(f"the run is still {run_status(ws)!r} after {max_resumes} resumes")
             return outcome
         outcome.resumes += 1
+        committed = ws.committed()  # before it starts: what the crash left
         proc = start_resume(ws)
-        if resume_delay is not None:
-            outcome.kills += kill_after(proc, resume_delay, "pipeline")
-            resume_delay = None
+        if outcome.resumes == 1 and crash is not None:
+            outcome.kills += kill_first_resume(ws, proc, crash, committed)
         rc, err = finish(proc)
         if rc not in (0, -signal.SIGKILL) and run_status(ws) != "completed" and "AuditWriterError" not in err:
             outcome.differences.append(f"resume exited {rc}: {err}")
             return outcome
     return outcome
+
+
+def kill_first_resume(ws: Workspace, proc: subprocess.Popen, crash: Crash, committed: int) -> bool:
+    """SIGKILL the first resume once it has committed ``resume_after`` new segments, drawn within
+    the first sixth of the reference's segments the crash left uncommitted: a resume redoes
+    work under names already committed and writes larger segments than a run, so it commits
+    far fewer new ones than that count (15 after a crash at segment 8 of 79)."""
+    if crash.resume_share is not None:
+        crash.resume_after = 1 + int(crash.resume_share * max(1, (crash.segments - committed) // 6))
+        return kill_at_segment(ws, proc, committed + crash.resume_after, "pipeline")
+    if crash.resume_delay is not None:
+        return kill_after(proc, crash.resume_delay, "pipeline")
+    return False
 
 
 # ---- what must be equal -------------------------------------------------------------------------
@@ -300,12 +379,15 @@ def verify_problems(ws: Workspace) -> list[str]:
 
 @dataclass
 class Reference:
-    """What the uninterrupted run left: the yardstick of every iteration."""
+    """What the uninterrupted run left: the yardstick of every iteration, and the scale of its
+    crash points (segments committed, flushes, rows of a source split)."""
 
     sinks: dict[str, Counter[str]]
     audit: dict[str, Counter[tuple]]
     seconds: float
     flushes: int
+    segments: int
+    split_rows: int
 
     @classmethod
     def of(cls, ws: Workspace) -> Reference:
@@ -313,11 +395,25 @@ class Reference:
         rc, err = finish(start_run(ws))
         if rc != 0:
             raise RuntimeError(f"the uninterrupted run failed ({rc}): {err}")
+        seconds = time.monotonic() - t0
         audit = audit_snapshot(ws)
         problems = verify_problems(ws)
         if problems:
             raise RuntimeError(f"the uninterrupted run does not verify: {problems}")
-        return cls(sink_lines(ws), audit, time.monotonic() - t0, len(audit["flushes"]))
+        if ws.committed() < 2:
+            raise RuntimeError(f"the uninterrupted run committed {ws.committed()} segment(s): no kill point lies inside it")
+        return cls(sink_lines(ws), audit, seconds, len(audit["flushes"]), ws.committed(), largest_split(ws))
+
+
+def largest_split(ws: Workspace) -> int:
+    """The most rows one source split holds: ``after_rows:N`` counts the rows of a split (the
+    source DoFn's ``process``), so only an N below this fires — 20 000 rows are two splits."""
+    from elspeth_beam.plugins import registry
+    from elspeth_beam.plugins.base import SourcePlugin
+
+    source = yaml.safe_load(ws.settings_file.read_text())["source"]
+    plugin = registry.build(SourcePlugin, source["plugin"], source["options"])
+    return max(sum(1 for _ in plugin.read_split(split)) for split in plugin.splits(source["split_bytes"]))
 
 
 def differences(ref: Reference, ws: Workspace) -> list[str]:
@@ -341,15 +437,26 @@ def _diff(what: str, want: Counter, got: Counter) -> list[str]:
 # ---- the command --------------------------------------------------------------------------------
 
 
-def random_crash(rng: random.Random, ref: Reference, rows: int) -> Crash:
-    """SIGKILL of the pipeline or of the writer, or a crash point; the first resume killed too."""
+def random_crash(rng: random.Random, ref: Reference) -> Crash:
+    """SIGKILL of the pipeline or of the writer at a segment, or a crash point (a source row, a
+    flush), each strictly inside the run; the first resume killed too."""
     target = rng.choice(("pipeline", "writer", "fault"))
-    crash = Crash(target, delay=rng.uniform(0.5, max(2.5, 0.9 * ref.seconds)))  # from before the run is recorded
+    crash = Crash(target, ref.segments)
     if target == "fault":
-        crash.fault = (f"after_rows:{rng.randrange(1, rows)}" if rng.random() < 0.6
+        crash.fault = (f"after_rows:{rng.randrange(1, ref.split_rows)}" if rng.random() < 0.6
                        else f"in_flush:{AGGREGATION}:{rng.randrange(1, max(2, ref.flushes))}")
-    crash.resume_delay = rng.uniform(2.0, max(2.5, 0.6 * ref.seconds))
+    else:
+        crash.at_segment = rng.randint(*kill_range(ref.segments))
+    crash.resume_share = rng.random()
     return crash
+
+
+def kill_range(total: int) -> tuple[int, int]:
+    """Segment counts to SIGKILL at: 10–75 % of what the whole run commits, at least 1 and below
+    ``total`` — after the run has begun its work, well before its last commit (a run's segment
+    count varies a little with its bundles)."""
+    low = max(1, total // 10)
+    return low, max(low, min(total - 1, total * 3 // 4))
 
 
 def fuzz(runs: int, rows: int, seed: int, workdir: Path) -> Iterator[tuple[Crash, Outcome]]:
@@ -357,10 +464,10 @@ def fuzz(runs: int, rows: int, seed: int, workdir: Path) -> Iterator[tuple[Crash
     data = workdir / "input.csv"
     write_input(data, rows, seed)
     ref = Reference.of(Workspace(workdir / "reference", data).prepare())
-    print(f"reference: {rows} rows, {ref.flushes} flushes, {ref.seconds:.1f}s", flush=True)
+    print(f"reference: {rows} rows, {ref.segments} segments, {ref.flushes} flushes, {ref.seconds:.1f}s", flush=True)
     rng = random.Random(seed)
     for i in range(runs):
-        crash = random_crash(rng, ref, rows)
+        crash = random_crash(rng, ref)
         ws = Workspace(workdir / f"run{i}", data).prepare()
         outcome = crash_and_resume(ws, crash)
         if not outcome.differences:
@@ -372,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.crashfuzz", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10, help="iterations (each: a crash, a killed resume, resumes)")
     parser.add_argument("--rows", type=int, default=20_000, help="source rows of the generated input")
-    parser.add_argument("--seed", type=int, default=7, help="seed of the input and of the crash moments")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the input and of the crash points")
     parser.add_argument("--workdir", type=Path, help="keep every run's folder here (default: a temporary folder)")
     parser.add_argument("--prepare", type=Path, metavar="DIR",
                         help="only write the input and DIR/pipeline.yaml (Landscape DIR/landscape.db), to crash by hand")
@@ -388,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, (crash, outcome) in enumerate(fuzz(args.runs, args.rows, args.seed, workdir)):
         kills, resumes, failed = kills + outcome.kills, resumes + outcome.resumes, failed + bool(outcome.differences)
         verdict = "equal" if not outcome.differences else f"{len(outcome.differences)} difference(s)"
-        print(f"run {i:3d}  {crash.describe():<52}  kills {outcome.kills}  resumes {outcome.resumes}  {verdict}", flush=True)
+        print(f"run {i:3d}  {crash.describe():<60}  kills {outcome.kills}  resumes {outcome.resumes}  {verdict}", flush=True)
         for d in outcome.differences:
             print(f"          {d}", flush=True)
     print(f"total: {args.runs} runs, {kills} kills, {resumes} resumes, {failed} with differences  ({workdir})")
