@@ -359,12 +359,15 @@ def failure_reason(report: VerifyReport, summary: dict[str, Any], max_fraction: 
 def _is_interrupt(exc: BaseException) -> bool:
     """Ctrl-C: a KeyboardInterrupt, or what Beam wrapped one in (it re-raises a DoFn's
     KeyboardInterrupt as a RuntimeError naming the step)."""
+    return any(isinstance(seen, KeyboardInterrupt) for seen in _chain(exc))
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from or during, outermost first (how Beam wraps a DoFn's)."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, KeyboardInterrupt):
-            return True
+        yield seen
         seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _mark_interrupted(store: LandscapeStore, run_id: str) -> None:
@@ -445,18 +448,11 @@ def _root_message(exc: BaseException) -> str:
     ours = own_error(exc)
     if ours is not None:
         return str(ours).strip().splitlines()[0]
-    seen = exc
-    while seen.__cause__ is not None or seen.__context__ is not None:
-        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    *_, seen = _chain(exc)
     message = str(seen).strip().splitlines()
     return f"{type(seen).__name__}: {message[-1] if message else ''}"
 
 
 def own_error(exc: BaseException) -> ElspethError | None:
     """The outermost ElspethError in ``exc``'s chain (Beam wraps a DoFn's exception), if any."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ElspethError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    return next((seen for seen in _chain(exc) if isinstance(seen, ElspethError)), None)

@@ -156,7 +156,7 @@ class JsonlSink(SinkPlugin):
     def read_rows(path: Path) -> list[dict[str, Any]]:
         """The rows of a file this sink wrote. Lines end at ``\n`` only: a string may hold
         U+2028 or U+0085 unescaped, which ``str.splitlines`` would take for line breaks."""
-        with path.open(encoding="utf-8", newline="") as handle:
+        with path.open(encoding="utf-8", newline="\n") as handle:
             return [json.loads(line) for line in handle if line.strip()]
 
 
@@ -241,7 +241,7 @@ class ParquetSink(SinkPlugin):
         columns = []
         for field, column in zip(table.schema, table.columns):
             values = column.to_pylist()
-            if field.metadata and field.metadata.get(b"elspeth_beam.encoding") == b"json":
+            if field.metadata == JSON_COLUMN:
                 values = [None if v is None else json.loads(v) for v in values]
             columns.append(values)
         return [dict(zip(table.column_names, values)) for values in zip(*columns)]
