@@ -54,7 +54,7 @@ def settings_for(store: LandscapeStore, run_id: str, loaded: LoadedPipeline | No
                 f"run {run_id} was recorded with its secrets hidden; pass its settings file with --settings"
             )
         raw = json.loads(run["settings_json"])
-        raw["landscape"] = {"url": store.url}
+        raw["landscape"] = {**raw.get("landscape", {}), "url": store.url}  # its audit log, at the given URL
         loaded = load_settings_dict(raw)
     fp = Fingerprinter.from_env()
     if secrets.fingerprinted and fp.key is None:

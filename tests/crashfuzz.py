@@ -163,18 +163,6 @@ def kill_at_segment(ws: Workspace, proc: subprocess.Popen, count: int, target: s
     return _sigkill(proc, target)
 
 
-def kill_after(proc: subprocess.Popen, delay: float, target: str) -> bool:
-    """SIGKILL after ``delay`` s of wall time; False if it ended first. Only for a ``Crash``
-    given in seconds (tests/test_crash_resume.py): on a machine of varying speed it can land
-    after the run has ended, which is why the fuzz and the soak never use it."""
-    deadline = time.monotonic() + delay
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        time.sleep(POLL)
-    return _sigkill(proc, target)
-
-
 def _sigkill(proc: subprocess.Popen, target: str) -> bool:
     """SIGKILL the pipeline process or its writer child; False if it is gone (polled first, so a
     finished process is reaped and never counted as killed)."""
@@ -219,8 +207,8 @@ class Crash:
     Points are progress, not time: ``at_segment`` of the ``segments`` the uninterrupted run
     commits, ``fault``'s rows or flushes, and for the first resume a share of the work left,
     turned into ``resume_after`` segments when it starts (what is left depends on where the
-    crash landed). ``delay`` and ``resume_delay`` are the older points in seconds, kept for
-    tests/test_crash_resume.py; the fuzz never draws them."""
+    crash landed). Never wall time: on a machine whose speed varies, a kill after so many
+    seconds can land after the run has ended and test nothing."""
 
     target: str  # "pipeline" | "writer" | "fault"
     segments: int = 0  # committed by the uninterrupted run: the scale of at_segment
@@ -228,8 +216,6 @@ class Crash:
     fault: str | None = None  # ELSPETH_FAULT, for target "fault"
     resume_share: float | None = None  # [0, 1): where in its first few segments to kill the first resume
     resume_after: int | None = None  # the first resume's kill point: segments it commits (set as it starts)
-    delay: float | None = None  # seconds after start, for SIGKILL (tests/test_crash_resume.py)
-    resume_delay: float | None = None  # SIGKILL the first resume after this many seconds (likewise)
 
     def describe(self) -> str:
         return self._what() + self._during()
@@ -237,14 +223,10 @@ class Crash:
     def _what(self) -> str:
         if self.target == "fault":
             return self.fault or "fault"
-        if self.at_segment is not None:
-            return f"SIGKILL {self.target} at segment {self.at_segment}/{self.segments}"
-        return f"SIGKILL {self.target} at {self.delay:.1f}s"
+        return f"SIGKILL {self.target} at segment {self.at_segment}/{self.segments}"
 
     def _during(self) -> str:
-        if self.resume_after is not None:
-            return f", resume at +{self.resume_after} segment(s)"
-        return f", resume killed at {self.resume_delay:.1f}s" if self.resume_delay is not None else ""
+        return f", resume at +{self.resume_after} segment(s)" if self.resume_after is not None else ""
 
 
 @dataclass
@@ -258,10 +240,10 @@ def crash_and_resume(ws: Workspace, crash: Crash, max_resumes: int = 6) -> Outco
     """Run, crash as told, resume (killed once more if told) until the run is completed. A crash
     at a segment or a fault that does not happen is a difference: the iteration would test nothing."""
     killed, rc, err = interrupt(ws, start_run(ws, crash.fault), crash)
-    if not killed and crash.delay is None:
+    if not killed:
         return Outcome(differences=[f"{crash.describe()}: no crash, the run exited {rc} first "
                                     f"({ws.committed()} segments committed){': ' + err if err else ''}"])
-    if run_status(ws) is None:  # killed (in seconds) before the run was recorded: nothing to resume, run it again
+    if run_status(ws) is None:  # died before the run was recorded: nothing to resume, run it again
         rc, err = finish(start_run(ws))
         if rc != 0:
             return Outcome(killed, differences=[f"the run, started again, exited {rc}: {err}"])
@@ -276,10 +258,7 @@ def interrupt(ws: Workspace, proc: subprocess.Popen, crash: Crash) -> tuple[bool
     if crash.target == "fault":
         rc, err = finish(proc)
         return rc == faults.EXIT_CODE, rc, err  # the fault fired
-    if crash.at_segment is not None:
-        killed = kill_at_segment(ws, proc, crash.at_segment, crash.target)
-    else:
-        killed = kill_after(proc, crash.delay or 0.0, crash.target)
+    killed = kill_at_segment(ws, proc, crash.at_segment or 1, crash.target)
     return (killed, *finish(proc))
 
 
@@ -311,8 +290,6 @@ def kill_first_resume(ws: Workspace, proc: subprocess.Popen, crash: Crash, commi
     if crash.resume_share is not None:
         crash.resume_after = 1 + int(crash.resume_share * max(1, (crash.segments - committed) // 6))
         return kill_at_segment(ws, proc, committed + crash.resume_after, "pipeline")
-    if crash.resume_delay is not None:
-        return kill_after(proc, crash.resume_delay, "pipeline")
     return False
 
 

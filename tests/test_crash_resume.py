@@ -61,10 +61,12 @@ def test_resume_fills_every_hole_a_crash_leaves(input_csv, reference, tmp_path):
 
 @pytest.mark.parametrize("target", ["pipeline", "writer"])
 def test_sigkill_then_a_killed_resume_still_ends_equal(input_csv, reference, tmp_path, target):
-    """The fuzz harness's short run: SIGKILL mid-run (the pipeline, or its Landscape writer),
-    SIGKILL of the first resume too, resumes until completed."""
+    """The fuzz harness's short run: SIGKILL mid-run (the pipeline, or its Landscape writer) at
+    a count of committed segments, SIGKILL of the first resume too, resumes until completed.
+    A kill that does not land mid-run is a difference (crash_and_resume says so)."""
     ws = crashfuzz.Workspace(tmp_path, input_csv).prepare()
-    crash = crashfuzz.Crash(target, delay=0.45 * reference.seconds, resume_delay=0.3 * reference.seconds)
+    low, high = crashfuzz.kill_range(reference.segments)
+    crash = crashfuzz.Crash(target, reference.segments, at_segment=(low + high) // 2, resume_share=0.5)
     outcome = crashfuzz.crash_and_resume(ws, crash)
     assert outcome.differences == []
     assert outcome.kills >= 1

@@ -232,6 +232,29 @@ def test_kill_with_partly_committed_bundle_then_resume(tmp_path: Path, gate_inpu
     assert_artifacts_match_files(db, "rid", {"main": tmp_path / "out" / "main.jsonl", "fifths": tmp_path / "out" / "fifths.jsonl"})
 
 
+def test_resume_keeps_the_runs_configured_audit_log(tmp_path: Path, gate_input, gate_reference) -> None:
+    """A run whose settings name their own audit-log folder and segment size, killed with
+    segments committed there: `resume` without --settings must read the run's landscape
+    section as recorded (only the URL is the one given), catch up from that folder and
+    write there — not in the default folder beside the Landscape."""
+    source, rows = gate_input
+    raw = gate_passthrough_settings(source, tmp_path / "out")
+    audit_log = tmp_path / "my-audit"
+    raw["landscape"] = {"audit_log": str(audit_log), "segment_records": 20}
+    settings = write_yaml(tmp_path / "pipeline.yaml", raw)
+    db = tmp_path / "landscape.db"
+    crash = cli("run", str(settings), "--landscape-url", url(db), "--run-id", "rid", fault="after_rows:200")
+    assert crash.code == 137, crash
+    assert any((audit_log / "rid").iterdir()), "the crash should leave segments in the configured folder"
+
+    resume = cli("resume", "rid", "--landscape-url", url(db))
+    assert resume.code == 0, resume
+    assert not db.with_suffix(".audit").exists(), "resume wrote to the default audit-log folder"
+    assert_landscape_complete(db, "rid", rows=240)
+    assert_exactly_once(tmp_path / "out", rows)
+    assert {n: canonical_records(read_jsonl(tmp_path / "out" / f"{n}.jsonl")) for n in ("main", "fifths")} == gate_reference
+
+
 def test_kill_at_default_buffer_sizes(tmp_path: Path) -> None:
     """Unpatched limits: 15 000 rows fill the audited DoFns' 20 000-record segments mid-bundle,
     so the kill at row 14 000 leaves a partly committed audit (as above, at real scale)."""
