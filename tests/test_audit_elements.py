@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import apache_beam as beam
+import pytest
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners import pipeline_context
@@ -86,3 +87,39 @@ def test_utc_now_matches_datetime_isoformat(micros):
     with mock.patch.object(events.time, "time_ns", return_value=micros * 1000 + 999):
         assert events.utc_now() == expected
         assert events.utc_now() == expected  # the cached second gives the same text
+
+
+def test_positional_records_are_the_keyword_ones_and_refuse_another_column_order():
+    """The executor builds its per-row records by position: each value lands in its column."""
+    from elspeth_beam.auditlog.records import NodeStateRecord, OutcomeRecord, TokenParentRecord, TokenRecord, positional
+    from elspeth_beam.core.tokens import TokenInfo
+    from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext
+
+    fn = AuditedDoFn(NodeContext("run-1", "transform:fx", "quarantine"))
+    token = TokenInfo(run_id="run-1", row_id="row_1", token_id="tok_1", row_index=0, parent_ids=("tok_0",),
+                      branch="b", row={"a": 1})
+    ok = fn.execute(token_id="tok_1", input_hash="in", work=lambda: 5, output_hash=lambda out: f"out{out}")
+    failed = fn.execute(token_id="tok_1", attempt=2, input_hash="in", work=lambda: 1 / 0, output_hash=str)
+    fn.record_token(token)
+    fn.record_outcome(token, Outcome.BUFFERED, token_json="{}")
+    tables = fn._take_audit().tables
+    states = list(zip(*tables["node_states"]))
+    timing = lambda r: r._replace(duration_ms=None, started_at=None, completed_at=None)  # noqa: E731
+    assert [timing(NodeStateRecord(*r)) for r in states] == [
+        NodeStateRecord(state_id=ok.state_id, run_id="run-1", token_id="tok_1", batch_id=None, node_id="transform:fx",
+                        attempt=1, status="completed", input_hash="in", output_hash="out5", duration_ms=None,
+                        error_json=None, started_at=None, completed_at=None),
+        NodeStateRecord(state_id=failed.state_id, run_id="run-1", token_id="tok_1", batch_id=None,
+                        node_id="transform:fx", attempt=2, status="failed", input_hash="in", output_hash=None,
+                        duration_ms=None, error_json=states[1][10], started_at=None, completed_at=None),
+    ]
+    assert '"ZeroDivisionError"' in states[1][10] and all(type(r[9]) is float and r[11] <= r[12] for r in states)
+    [made] = list(zip(*tables["tokens"]))
+    assert TokenRecord(*made)._replace(created_at=None) == TokenRecord(
+        token_id="tok_1", run_id="run-1", row_id="row_1", branch_name="b", created_at_node="transform:fx", created_at=None)
+    assert list(zip(*tables["token_parents"])) == [TokenParentRecord(token_id="tok_1", parent_token_id="tok_0", ordinal=0)]
+    [outcome] = list(zip(*tables["token_outcomes"]))
+    assert OutcomeRecord(*outcome)._replace(recorded_at=None, outcome_id=None) == OutcomeRecord(
+        run_id="run-1", token_id="tok_1", outcome="buffered", is_terminal=False, node_id="transform:fx", token_json="{}")
+    with pytest.raises(TypeError, match="token_id parent_token_id ordinal"):
+        positional(TokenParentRecord, "parent_token_id token_id ordinal")

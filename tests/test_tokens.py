@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import pickle
 import typing
 
 import apache_beam as beam
@@ -16,6 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from elspeth_beam.core import ids
+from elspeth_beam.core import tokens as tokens_module
+from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.core.errors import CanonicalizationError
 from elspeth_beam.core.tokens import TokenError, TokenInfo, TokenInfoCoder
 
@@ -387,3 +390,36 @@ def test_coder_keeps_integers_beyond_64_bits_exact(value):
     t = make_token(row={"n": value, "s": "1234567890123456789012"})
     back = CODER.decode(CODER.encode(t))
     assert back == t and type(back.row["n"]) is int
+
+
+# ---- the row's hash, carried ----------------------------------------------------------------
+
+
+@given(tokens)
+@settings(max_examples=75, deadline=None)
+def test_row_hash_is_the_rows_stable_hash_and_never_travels(t):
+    digest = stable_hash(t.row)
+    assert t.row_hash == digest
+    encoded = CODER.encode(t)
+    assert digest.encode() not in encoded  # derived data: a decoded token hashes its own row
+    assert CODER.decode(encoded).row_hash == digest
+    assert pickle.loads(pickle.dumps(t)).row_hash == digest
+    assert t == CODER.decode(encoded)  # equality is over the fields, not the cached hash
+
+
+def test_row_hash_computed_once_per_token_and_shared_by_a_fork_child(monkeypatch):
+    parent = make_token()
+    digest = parent.row_hash
+    monkeypatch.setattr(tokens_module, "stable_hash", lambda _: pytest.fail("the row was hashed again"))
+    assert parent.row_hash == digest
+    child = parent.child(token_id="tok_child", branch="b")
+    assert (child.row_hash, child.parent_ids, child.branch, child.row_id, child.row_index) == (
+        digest, (parent.token_id,), "b", parent.row_id, parent.row_index)
+    assert child.row is parent.row
+    given_hash = TokenInfo.of({"a": 1}, run_id="r", row_id="row_1", token_id="tok_1", row_index=0, row_hash="h")
+    assert given_hash.row_hash == "h"  # the source's, computed from the bytes it also stores
+
+
+def test_with_row_hashes_the_new_row():
+    token = make_token()
+    assert token.row_hash != token.with_row({"other": 1}).row_hash == stable_hash({"other": 1})

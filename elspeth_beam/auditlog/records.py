@@ -13,8 +13,9 @@ garbage collector to walk, no validation — the database's constraints check th
 
 from __future__ import annotations
 
+import functools
 from collections import namedtuple
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -53,6 +54,16 @@ RECORD_TYPES: dict[str, type] = {
 }
 TABLE_OF: dict[type, str] = {r: name for name, r in RECORD_TYPES.items()}
 TABLES: dict[str, Table] = {t.name: t for t in EVENT_TABLES}
+
+
+def positional(record_type: type, fields: str) -> Callable[[tuple], tuple]:
+    """A constructor of ``record_type`` from a tuple of all its values in column order — a
+    fifth of the keyword constructor's time, for the records made per row. ``fields`` names
+    the columns as the caller orders them: checked here, once, against the table, so a column
+    added to the table fails at import rather than shifting values into the wrong columns."""
+    if tuple(fields.split()) != record_type._fields:
+        raise TypeError(f"{record_type.__name__} has the columns {' '.join(record_type._fields)}, not {fields}")
+    return functools.partial(tuple.__new__, record_type)
 
 
 def _arrow_type(column: Any) -> pa.DataType:

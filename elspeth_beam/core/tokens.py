@@ -14,6 +14,7 @@ import orjson
 from typing import TYPE_CHECKING, Any
 
 from apache_beam import coders
+from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.core.errors import CanonicalizationError, ElspethError
 
 JSONValue = Any  # str | int | float | bool | None | list | dict of those
@@ -92,9 +93,13 @@ class TokenInfo:
     A plain slotted class, not a pydantic model: the per-row path makes several tokens a row,
     and the model's construction (and Beam's state cache walking its attributes to size a bag)
     cost more than the step's own work. ``TokenInfo(...)`` checks every field, ``of`` only the
-    row (the other fields come from our own code)."""
+    row (the other fields come from our own code), ``child`` nothing (its row is its parent's).
 
-    __slots__ = _FIELDS
+    ``row_hash`` is computed once per token object and carried with it, so each node that
+    records the row's hash (a transform's input, a gate's, a sink's) reuses the digest made
+    where the row was made; it is derived, never encoded, so a decoded token hashes anew."""
+
+    __slots__ = (*_FIELDS, "_row_hash")
     if TYPE_CHECKING:  # not at run time: Beam would infer a row schema from class annotations
         run_id: str
         row_id: str
@@ -121,13 +126,32 @@ class TokenInfo:
 
     @classmethod
     def of(cls, row: dict[str, Any], *, run_id: str, row_id: str, token_id: str, row_index: int,
-           parent_ids: tuple[str, ...] = (), branch: str | None = None) -> "TokenInfo":
+           parent_ids: tuple[str, ...] = (), branch: str | None = None, row_hash: str | None = None) -> "TokenInfo":
         """A token of our own making: its ``row`` checked (JSON types, no NaN, keys strings)
-        and kept as given, not copied."""
+        and kept as given, not copied; ``row_hash`` if the caller already has the row's digest."""
         _check_row(row)
         token = object.__new__(cls)
         _set(token, run_id, row_id, token_id, row_index, parent_ids, branch, row)
+        if row_hash is not None:
+            _set_hash(token, row_hash)
         return token
+
+    def child(self, *, token_id: str, branch: str | None) -> "TokenInfo":
+        """A fork's child: this token's row (checked when it was made, and its hash) on a new path."""
+        token = object.__new__(TokenInfo)
+        _set(token, self.run_id, self.row_id, token_id, self.row_index, (self.token_id,), branch, self.row)
+        _set_hash(token, self.row_hash)
+        return token
+
+    @property
+    def row_hash(self) -> str:
+        """``stable_hash(row)``: computed at most once per token."""
+        try:
+            return self._row_hash
+        except AttributeError:
+            digest = stable_hash(self.row)
+            _set_hash(self, digest)
+            return digest
 
     def with_row(self, row: dict[str, Any]) -> "TokenInfo":
         """The same token carrying new data (checked: NaN etc. are rejected here)."""
@@ -188,6 +212,7 @@ class TokenInfo:
 
 
 _setters = [TokenInfo.__dict__[n].__set__ for n in _FIELDS]
+_set_hash = TokenInfo.__dict__["_row_hash"].__set__
 
 
 def _set(token: TokenInfo, *values: Any) -> None:

@@ -36,15 +36,17 @@ from elspeth_beam.core import ids
 from elspeth_beam.core.canonical import canonical_json
 from elspeth_beam.core.enums import BatchStatus, Outcome, TriggerType
 from elspeth_beam.core.errors import ElspethError
-from elspeth_beam.auditlog.records import BatchMemberRecord, BatchOutputRecord, BatchRecord
+from elspeth_beam.auditlog.records import BatchMemberRecord, BatchOutputRecord, BatchRecord, positional
+from elspeth_beam.core.chain import members_hash
 from elspeth_beam.core.timestamps import now_us
 from elspeth_beam.core.tokens import TokenInfo, TokenInfoCoder
-from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag, row_hash
+from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag
 from elspeth_beam.pipeline.restore import AggregationRestore, RestoredStateError
 from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import BatchPlugin
 
 Clock = Callable[[], float]
+_MEMBER = positional(BatchMemberRecord, "batch_id run_id token_id ordinal")
 
 
 class BatchOutputError(ElspethError):
@@ -141,7 +143,7 @@ class AggregationDoFn(AuditedDoFn):
                 due = self.clock() + self.timeout
                 state.deadline.write(due)
                 state.timeout_timer.set(due)
-        self.record(BatchMemberRecord(batch_id=batch_id, run_id=self.ctx.run_id, token_id=token.token_id, ordinal=ordinal))
+        self.record(_MEMBER((batch_id, self.ctx.run_id, token.token_id, ordinal)))
         self.record_outcome(token, Outcome.BUFFERED, token_json=token.to_json_bytes().decode())
         limit = self.settings.trigger.count
         if limit is not None and ordinal + 1 >= limit:
@@ -219,9 +221,9 @@ class AggregationDoFn(AuditedDoFn):
         step = self.execute(
             batch_id=batch_id,
             attempt=attempt,
-            inputs=[row_hash(m.row) for m in members],  # hashed as chain.members_hash: of the rows' hashes
+            input_hash=members_hash(m.row_hash for m in members),
             work=lambda: self._outputs(members),
-            hash_output=lambda outs: [row_hash(t.row) for t in outs],
+            output_hash=lambda outs: members_hash(t.row_hash for t in outs),
         )
         status = BatchStatus.COMPLETED if step.ok else BatchStatus.FAILED
         self.record(BatchRecord(status=status.value, aggregation_state_id=step.state_id, completed_at=now_us(), **batch))

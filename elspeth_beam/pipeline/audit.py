@@ -11,11 +11,12 @@ bundle's reach the audit sink, which commits them to the audit log and the Lands
 from __future__ import annotations
 
 import json
+import operator
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
@@ -25,9 +26,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from elspeth_beam.auditlog import buffer
 from elspeth_beam.auditlog.buffer import AuditBuffer, AuditSegment
-from elspeth_beam.auditlog.records import NodeStateRecord, OutcomeRecord, TokenParentRecord, TokenRecord
+from elspeth_beam.auditlog.records import NodeStateRecord, OutcomeRecord, TokenParentRecord, TokenRecord, positional
 from elspeth_beam.core import ids
-from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.core.enums import NodeStateStatus, Outcome
 from elspeth_beam.core.errors import DataError
 from elspeth_beam.core.timestamps import now_us
@@ -37,29 +37,8 @@ AUDIT_TAG = "audit"
 ERROR_TAG = "error"
 
 
-_recent: tuple[Any, str, Any, str] = (None, "", None, "")  # the last two values hashed, newest first
-
-
-def row_hash(value: Any) -> str:
-    """stable_hash, remembering the last two values by identity: a token's output hash at one
-    node is its input hash at the next, computed a moment later in the same fused stage (and
-    a source row's raw record and parsed row are each hashed twice)."""
-    global _recent
-    a, da, b, db = _recent  # one read: safe if another thread replaces it meanwhile
-    if value is a:
-        return da
-    if value is b:
-        return db
-    digest = stable_hash(value)
-    _recent = (value, digest, a, da)
-    return digest
-
-
-def remember_hash(value: Any, digest: str) -> None:
-    """Tell ``row_hash`` the digest of ``value``, computed elsewhere from its canonical bytes."""
-    global _recent
-    a, da, _, _ = _recent
-    _recent = (value, digest, a, da)
+token_row_hash: Callable[[TokenInfo], str] = operator.attrgetter("row_hash")
+"""The output hash of a step whose output is a token: its row's."""
 
 
 def out_tag(destination: str) -> str:
@@ -76,8 +55,7 @@ class NodeContext:
     segment_records: int | None = None  # records per audit segment at most (None: buffer.SEGMENT_RECORDS)
 
 
-@dataclass(frozen=True)
-class StepResult:
+class StepResult(NamedTuple):
     state_id: str
     output: Any = None
     error: dict[str, Any] | None = None
@@ -147,71 +125,57 @@ class AuditedDoFn(beam.DoFn):
     def execute(
         self,
         *,
-        inputs: Any,
+        input_hash: str | None,
         work: Callable[[], Any],
+        output_hash: Callable[[Any], str],
         token_id: str | None = None,
         batch_id: str | None = None,
         attempt: int = 1,
-        hash_output: Callable[[Any], Any] = lambda out: out,
     ) -> StepResult:
         """Run ``work`` as one node_state of this node on a token (or a batch's flush).
 
-        The state is always closed: completed with an output hash, or failed with the error.
+        The state is always closed: completed with ``output_hash`` of the output, or failed
+        with the error. The caller gives the input's hash: the token carries it from where
+        its row was made (``TokenInfo.row_hash``), so no row is hashed twice.
         """
         subject = token_id or batch_id
         assert subject is not None, "a node_state belongs to a token or a batch"
         state_id = ids.state_id(subject, self.ctx.node_id, attempt)
         started_at = now_us()
         t0 = time.perf_counter()
-        output_hash: str | None = None
-        error: dict[str, Any] | None = None
-        output: Any = None
         try:
-            input_hash = row_hash(inputs)
             output = work()
-            output_hash = row_hash(hash_output(output))
+            digest = output_hash(output)
         except Exception as exc:  # a plugin's failure is data for the audit, not a crash
             error = error_info(exc, self.ctx.node_id)
-            input_hash = _safe_hash(inputs)
-        self.record_state(
-            state_id=state_id,
-            token_id=token_id,
-            batch_id=batch_id,
-            attempt=attempt,
-            status=(NodeStateStatus.FAILED if error else NodeStateStatus.COMPLETED).value,
-            input_hash=input_hash,
-            output_hash=output_hash,
-            duration_ms=(time.perf_counter() - t0) * 1000.0,
-            error_json=_json(error),
-            started_at=started_at,
-        )
-        return StepResult(state_id, None if error else output, error)
+            self.record(_STATE((state_id, self.ctx.run_id, token_id, batch_id, self.ctx.node_id, attempt, _FAILED,
+                                input_hash, None, (time.perf_counter() - t0) * 1000.0, _json(error), started_at,
+                                now_us())))
+            return StepResult(state_id, None, error)
+        self.record(_STATE((state_id, self.ctx.run_id, token_id, batch_id, self.ctx.node_id, attempt, _COMPLETED,
+                            input_hash, digest, (time.perf_counter() - t0) * 1000.0, None, started_at, now_us())))
+        return StepResult(state_id, output)
 
-    def record_state(self, **fields: Any) -> None:
-        """Record a closed node_state of this node (``execute`` and multi-token writers)."""
-        self.record(NodeStateRecord(run_id=self.ctx.run_id, node_id=self.ctx.node_id, completed_at=now_us(), **fields))
+    def record_state(self, *, state_id: str, token_id: str, input_hash: str, output_hash: str, duration_ms: float,
+                     started_at: int) -> None:
+        """Record a completed node_state of this node on a token, attempt 1 (a sink's rows)."""
+        self.record(_STATE((state_id, self.ctx.run_id, token_id, None, self.ctx.node_id, 1, _COMPLETED, input_hash,
+                            output_hash, duration_ms, None, started_at, now_us())))
 
     # ---- tokens and outcomes ------------------------------------------------------------
 
     def record_token(self, token: TokenInfo) -> None:
-        self.record(TokenRecord(token_id=token.token_id, run_id=token.run_id, row_id=token.row_id,
-                                branch_name=token.branch, created_at_node=self.ctx.node_id, created_at=now_us()))
+        self.record(_TOKEN((token.token_id, token.run_id, token.row_id, token.branch, self.ctx.node_id, now_us())))
         for ordinal, parent in enumerate(token.parent_ids):
-            self.record(TokenParentRecord(token_id=token.token_id, parent_token_id=parent, ordinal=ordinal))
+            self.record(_PARENT((token.token_id, parent, ordinal)))
 
-    def record_outcome(self, token: TokenInfo, outcome: Outcome, **fields: Any) -> None:
-        self.record(
-            OutcomeRecord(
-                outcome_id=ids.outcome_id(token.token_id, outcome.value, self.ctx.node_id),
-                run_id=token.run_id,
-                token_id=token.token_id,
-                outcome=outcome.value,
-                is_terminal=outcome.is_terminal,
-                node_id=self.ctx.node_id,
-                recorded_at=now_us(),
-                **fields,
-            )
-        )
+    def record_outcome(self, token: TokenInfo, outcome: Outcome, *, sink_name: str | None = None,
+                       error_json: str | None = None, artifact_id: str | None = None, artifact_row: int | None = None,
+                       token_json: str | None = None) -> None:
+        value, terminal = _OUTCOMES[outcome]
+        self.record(_OUTCOME((ids.outcome_id(token.token_id, value, self.ctx.node_id), token.run_id, token.token_id,
+                              value, terminal, self.ctx.node_id, sink_name, error_json, artifact_id, artifact_row,
+                              token_json, now_us())))
 
     def divert(self, token: TokenInfo, error: dict[str, Any]) -> Iterator[TaggedOutput]:
         """Send a token whose step failed where the node's ``on_error`` says."""
@@ -223,8 +187,11 @@ class AuditedDoFn(beam.DoFn):
             yield TaggedOutput(ERROR_TAG, (token, error))
 
 
-def _safe_hash(inputs: Any) -> str | None:
-    try:
-        return stable_hash(inputs)
-    except Exception:
-        return None
+_STATE = positional(NodeStateRecord, "state_id run_id token_id batch_id node_id attempt status input_hash "
+                    "output_hash duration_ms error_json started_at completed_at")
+_TOKEN = positional(TokenRecord, "token_id run_id row_id branch_name created_at_node created_at")
+_PARENT = positional(TokenParentRecord, "token_id parent_token_id ordinal")
+_OUTCOME = positional(OutcomeRecord, "outcome_id run_id token_id outcome is_terminal node_id sink_name error_json "
+                      "artifact_id artifact_row token_json recorded_at")
+_COMPLETED, _FAILED = NodeStateStatus.COMPLETED.value, NodeStateStatus.FAILED.value
+_OUTCOMES = {o: (o.value, o.is_terminal) for o in Outcome}  # enum attribute reads cost on every record

@@ -16,10 +16,13 @@ from elspeth_beam.core import ids
 from elspeth_beam.core.canonical import stable_hash
 from elspeth_beam.core.enums import Outcome
 from elspeth_beam.core.errors import RowError
-from elspeth_beam.auditlog.records import RoutingRecord
+from elspeth_beam.auditlog.records import RoutingRecord, positional
 from elspeth_beam.core.tokens import TokenInfo
 from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag
 from elspeth_beam.plugins.expressions import Expression
+
+
+_ROUTING = positional(RoutingRecord, "routing_id run_id state_id route_label destination mode reason_hash")
 
 
 def route_label(value: Any) -> str:
@@ -35,10 +38,14 @@ class GateDoFn(AuditedDoFn):
 
     def setup(self) -> None:
         self.condition = Expression(self.settings.condition)
-        # one reason per route, hashed once here rather than once per token
+        # one reason and one decision per route, hashed once here rather than once per token
         self.reason_hashes = {
             label: stable_hash({"condition": self.settings.condition, "value": label}) for label in self.routes
         }
+        self.decision_hashes = {label: stable_hash(self._decision(label)) for label in self.routes}
+
+    def _decision(self, label: str) -> dict[str, Any]:
+        return {"route": label, "destinations": self.routes[label]}
 
     def _decide(self, token: TokenInfo) -> dict[str, Any]:
         value = self.condition.evaluate(token.row)
@@ -46,10 +53,11 @@ class GateDoFn(AuditedDoFn):
         if label not in self.routes:
             raise RowError.about(lambda v: f"condition {self.settings.condition!r} gave {v}, which has no route "
                                            f"(routes: {', '.join(self.routes)})", label)
-        return {"route": label, "destinations": self.routes[label]}
+        return self._decision(label)
 
     def process(self, token: TokenInfo) -> Iterator[Any]:
-        step = self.execute(token_id=token.token_id, inputs=token.row, work=lambda: self._decide(token))
+        step = self.execute(token_id=token.token_id, input_hash=token.row_hash, work=lambda: self._decide(token),
+                            output_hash=lambda decision: self.decision_hashes[decision["route"]])
         if not step.ok:
             yield from self.divert(token, step.error)
             return
@@ -58,31 +66,14 @@ class GateDoFn(AuditedDoFn):
         reason_hash = self.reason_hashes[decision["route"]]
         mode = "move" if len(destinations) == 1 else "copy"
         for dest in destinations:
-            self.record(
-                RoutingRecord(
-                    routing_id=ids.routing_id(step.state_id, dest),
-                    run_id=token.run_id,
-                    state_id=step.state_id,
-                    route_label=decision["route"],
-                    destination=dest,
-                    mode=mode,
-                    reason_hash=reason_hash,
-                )
-            )
+            self.record(_ROUTING((ids.routing_id(step.state_id, dest), token.run_id, step.state_id, decision["route"],
+                                  dest, mode, reason_hash)))
         if mode == "move":
             yield beam.pvalue.TaggedOutput(out_tag(destinations[0]), token)
         else:
             self.record_outcome(token, Outcome.FORKED)
             for ordinal, dest in enumerate(destinations):
-                child = TokenInfo.of(
-                    token.row,
-                    run_id=token.run_id,
-                    row_id=token.row_id,
-                    token_id=ids.token_id([token.token_id], self.ctx.node_id, ordinal),
-                    row_index=token.row_index,
-                    parent_ids=(token.token_id,),
-                    branch=dest,
-                )
+                child = token.child(token_id=ids.token_id([token.token_id], self.ctx.node_id, ordinal), branch=dest)
                 self.record_token(child)
                 yield beam.pvalue.TaggedOutput(out_tag(dest), child)
         yield from self.audit_if_full()

@@ -21,12 +21,12 @@ from typing import Any
 
 from elspeth_beam.config.settings import SinkSettings
 from elspeth_beam.core import ids
-from elspeth_beam.core.enums import NodeStateStatus, Outcome
+from elspeth_beam.core.enums import Outcome
 from elspeth_beam.core.errors import ElspethError
 from elspeth_beam.auditlog.records import ArtifactRecord
 from elspeth_beam.core.timestamps import now_us
 from elspeth_beam.core.tokens import TokenInfo
-from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, row_hash
+from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext
 from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import SinkPlugin
 from elspeth_beam.plugins.sinks import leftover_temps
@@ -127,8 +127,7 @@ class SinkDoFn(AuditedDoFn):
             self.record_state(
                 state_id=ids.state_id(token.token_id, node_id, 1),
                 token_id=token.token_id,
-                status=NodeStateStatus.COMPLETED.value,
-                input_hash=row_hash(token.row),
+                input_hash=token.row_hash,
                 output_hash=content_hash,
                 duration_ms=duration_ms,
                 started_at=started_at,

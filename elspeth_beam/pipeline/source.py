@@ -17,11 +17,11 @@ from elspeth_beam import faults
 from elspeth_beam.config.settings import SourceSettings
 from elspeth_beam.core import ids
 from elspeth_beam.core.chain import raw_row
-from elspeth_beam.core.canonical import canonical_json
+from elspeth_beam.core.canonical import canonical_json, stable_hash
 from elspeth_beam.core.errors import CanonicalizationError, RowError
-from elspeth_beam.auditlog.records import RowRecord
+from elspeth_beam.auditlog.records import RowRecord, positional
 from elspeth_beam.core.tokens import TokenInfo
-from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag, remember_hash, row_hash
+from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag, token_row_hash
 from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import SourcePlugin, SourceRecord
 from elspeth_beam.plugins.splits import SourceSplit
@@ -30,19 +30,21 @@ from elspeth_beam.plugins.splits import SourceSplit
 _encode_raw = json.JSONEncoder().encode
 
 
-def _payload(record: SourceRecord) -> str:
-    """``{"row": …}`` in canonical JSON, or ``{"raw": …}`` for a row without a canonical form.
-    The row's canonical bytes are also its hash's: computed once, the digest is remembered
-    for the source node_state's output hash."""
+_ROW = positional(RowRecord, "row_id run_id source_node_id row_index source_data_hash payload_json")
+
+
+def _payload(record: SourceRecord) -> tuple[str, str | None]:
+    """``{"row": …}`` in canonical JSON, or ``{"raw": …}`` for a row without a canonical form;
+    and the row's hash. The row's canonical bytes are also its hash's: computed once, here,
+    and carried by its token."""
     if record.row is not None:
         try:
             canonical = canonical_json(record.row)
         except CanonicalizationError:
             pass
         else:
-            remember_hash(record.row, hashlib.sha256(canonical).hexdigest())
-            return f'{{"row":{canonical.decode()}}}'
-    return _encode_raw({"raw": record.raw})
+            return f'{{"row":{canonical.decode()}}}', hashlib.sha256(canonical).hexdigest()
+    return _encode_raw({"raw": record.raw}), None
 
 
 class SourceDoFn(AuditedDoFn):
@@ -68,28 +70,22 @@ class SourceDoFn(AuditedDoFn):
         run_id, node_id = self.ctx.run_id, self.ctx.node_id
         row_id = ids.row_id(run_id, node_id, record.index)
         token_id = ids.token_id([row_id], node_id, 0)
-        self.record(
-            RowRecord(
-                row_id=row_id,
-                run_id=run_id,
-                source_node_id=node_id,
-                row_index=record.index,
-                source_data_hash=row_hash(record.raw),  # remembered: the node_state's input hash next
-                payload_json=_payload(record),
-            )
-        )
+        raw_hash = stable_hash(record.raw)
+        payload, parsed_hash = _payload(record)
+        self.record(_ROW((row_id, run_id, node_id, record.index, raw_hash, payload)))
 
-        def token_of(row: dict[str, Any]) -> TokenInfo:
-            return TokenInfo.of(row, run_id=run_id, row_id=row_id, token_id=token_id, row_index=record.index)
+        def token_of(row: dict[str, Any], digest: str | None = None) -> TokenInfo:
+            return TokenInfo.of(row, run_id=run_id, row_id=row_id, token_id=token_id, row_index=record.index,
+                                row_hash=digest)
 
         def parse() -> TokenInfo:
             if isinstance(record.error, RowError):
                 raise record.error
             if record.error is not None:
                 raise RowError(record.error)
-            return token_of(record.row or {})
+            return token_of(record.row, parsed_hash) if record.row is not None else token_of({})
 
-        step = self.execute(token_id=token_id, inputs=record.raw, work=parse, hash_output=lambda t: t.row)
+        step = self.execute(token_id=token_id, input_hash=raw_hash, work=parse, output_hash=token_row_hash)
         if step.ok:
             self.record_token(step.output)
             yield beam.pvalue.TaggedOutput(self.tag, step.output)

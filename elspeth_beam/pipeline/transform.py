@@ -9,7 +9,7 @@ import apache_beam as beam
 
 from elspeth_beam.config.settings import TransformSettings
 from elspeth_beam.core.tokens import TokenInfo
-from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag
+from elspeth_beam.pipeline.audit import AuditedDoFn, NodeContext, out_tag, token_row_hash
 from elspeth_beam.plugins import registry
 from elspeth_beam.plugins.base import TransformPlugin
 
@@ -26,9 +26,9 @@ class TransformDoFn(AuditedDoFn):
     def process(self, token: TokenInfo) -> Iterator[Any]:
         step = self.execute(
             token_id=token.token_id,
-            inputs=token.row,
+            input_hash=token.row_hash,
             work=lambda: token.with_row(self.plugin.process(dict(token.row))),
-            hash_output=lambda t: t.row,
+            output_hash=token_row_hash,
         )
         if step.ok:
             yield beam.pvalue.TaggedOutput(self.tag, step.output)
