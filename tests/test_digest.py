@@ -18,7 +18,7 @@ from sqlalchemy import Boolean, Float, Integer, select, update
 
 from elspeth_beam import testing
 from elspeth_beam.core.canonical import CANONICAL_VERSION, canonical_json, stable_hash
-from elspeth_beam.core.errors import LandscapeError
+from elspeth_beam.core.errors import CanonicalizationError, LandscapeError
 import records_for_tests as rec
 from elspeth_beam.core.enums import NodeStateStatus
 from elspeth_beam.landscape import schema as s
@@ -31,6 +31,8 @@ from elspeth_beam.auditlog.digest import (
     check_digest,
     digest_tables_apart,
     key_columns,
+    hashed_columns,
+    record_encoder,
     record_hash,
     record_text,
     write_digest,
@@ -301,6 +303,40 @@ def test_record_hash_fast_path_is_stable_hash_of_the_values(values):
     assert record_text(values) == canonical_json(values)
     assert record_hash(values) == stable_hash(values)
     assert record_hash(values, 1) == stable_hash(values, version=1)
+
+
+_FLOATS = (st.floats(allow_nan=False, allow_infinity=False) | st.floats(min_value=1e15, max_value=1e22)
+           | st.floats(min_value=1e-7, max_value=1e-3) | st.sampled_from([0.0, -0.0, 1.0, 2.0**53, 1e-4, 1e16, BAND_FLOAT]))
+_OTHERS = (st.none() | st.booleans() | st.text(max_size=6) | st.integers()
+           | st.sampled_from([2**53, -(2**53) - 1, 2**70, "\ud800", "\x00\u2028\ue000"]))
+
+
+@pytest.mark.parametrize("duration", [1.0, 0.0, -0.0, 0.5, 1e-5, 1e-6, 1e-4, 9.99e15, 1e16, 1.5e16, 2.0**53, BAND_FLOAT, None])
+def test_the_seals_encoder_writes_a_states_duration_canonically(duration):
+    """node_states.duration_ms, the Float column of every run: integral, tiny and huge floats
+    written as canonical JSON writes them."""
+    columns = hashed_columns(s.node_states)
+    values = tuple(duration if c == "duration_ms" else ("x" if c != "attempt" else 1) for c in columns)
+    assert record_encoder(s.node_states, columns)(values) == canonical_json(list(values))
+
+
+@pytest.mark.parametrize("table", DIGESTED_TABLES, ids=lambda t: t.name)
+@given(data=st.data())
+@settings(max_examples=40, deadline=None)
+def test_the_seals_per_table_encoder_writes_record_text(table, data):
+    """The seal's and verify's encoder checks floats only in a table's Float columns: for every
+    record whose floats sit there, it writes exactly ``record_text`` (canonical JSON), in
+    each canonical version."""
+    columns = hashed_columns(table)
+    values = tuple(data.draw(st.none() | _FLOATS if isinstance(table.c[c].type, Float) else _OTHERS) for c in columns)
+    def outcome(encode):
+        try:
+            return encode(values)
+        except CanonicalizationError as exc:  # a lone surrogate has no canonical form: both refuse it
+            return type(exc)
+
+    for version in (1, CANONICAL_VERSION):
+        assert outcome(record_encoder(table, columns, version)) == outcome(lambda v: record_text(v, version))
 
 
 def test_record_hash_writes_rfc_8785_numbers():
