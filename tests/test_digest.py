@@ -634,3 +634,27 @@ def test_a_run_digests_in_its_own_process_when_the_writer_cannot(tmp_path, monke
     assert _sql(db, "SELECT digest_root IS NOT NULL FROM runs")[0][0] == 1
     assert len(_sql(db, "SELECT DISTINCT table_name FROM record_digests")) == len(DIGESTED_TABLES)
     run.store.dispose()
+
+
+def test_a_large_sealed_runs_digest_is_checked_in_a_helper_process_alike(finished, tmp_path, monkeypatch):
+    """From DIGEST_APART_FROM records the seal is re-hashed in a helper process beside the set
+    queries: the same report, the same record named after an edit, the expected root checked."""
+    from elspeth_beam.inspect import verify as verify_module
+
+    db, run_id = finished
+    db = _copy(db, tmp_path / "l.db")
+    state_id = _sql(db, "SELECT state_id FROM node_states ORDER BY state_id LIMIT 1")[0][0]
+    _sql(db, "UPDATE node_states SET duration_ms = duration_ms + 1 WHERE state_id = ?", state_id)
+    root = _run(db, run_id)["digest_root"]
+    here = _verify(db, run_id, expected_digest="0" * 64)
+    started = []
+    real_pool = verify_module.ProcessPoolExecutor
+    monkeypatch.setattr(verify_module, "ProcessPoolExecutor", lambda *a, **k: started.append(1) or real_pool(*a, **k))
+    monkeypatch.setattr(verify_module, "DIGEST_APART_FROM", 0)
+    apart = _verify(db, run_id, expected_digest="0" * 64)
+    assert started == [1]  # the helper did the check
+    assert apart.problems == here.problems == [
+        f"runs.digest_root is {root}, not the expected {'0' * 64}",
+        f"node_states: 1 record(s) changed since the run's digest: state_id={state_id}",
+    ]
+    assert apart.digest == here.digest

@@ -60,7 +60,7 @@ from elspeth_beam.core.canonical import (
 from elspeth_beam.core.enums import RunStatus
 from elspeth_beam.core.errors import LandscapeError
 from elspeth_beam.landscape import schema as s
-from elspeth_beam.landscape.store import RUN_TABLES, fetch_tuples, run_rows
+from elspeth_beam.landscape.store import RUN_TABLES, fetch_tuples, make_engine, run_rows
 
 FORMAT = 4  # Merkle trees; 3: flat lists, the manifest names its canonical version; 2: canonical 1 implied; 1: mappings
 SEGMENT = 4096
@@ -518,6 +518,17 @@ def check_digest(conn: Connection, run: dict[str, Any], expected_root: str | Non
         if tc.changed or tc.missing or tc.added or tc.digests_altered:
             check.tables.append(tc)
     return check
+
+
+def check_digest_at(url: str, run: dict[str, Any], expected_root: str | None = None) -> DigestCheck:
+    """``check_digest`` on an engine of its own: what a helper process runs while verify's set
+    queries run in the caller (``inspect/verify.py``)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return check_digest(conn, run, expected_root)
+    finally:
+        engine.dispose()
 
 
 def _check_table(conn: Connection, table: Table, run_id: str, expected: dict[str, Any] | None, fmt: int,
