@@ -208,7 +208,7 @@ def walk_every_token(conn: Connection, run_id: str) -> list[PathProblem]:
         window = paths._Window.read(conn, run_id, chunk, checker.hasher)
         for tid in chunk:
             found += checker._walk(window, tid)
-    rows = paths._Rows.read(conn, run_id, checker.graph, checker.batches, checker.hasher)
+    rows = paths._Rows(conn, run_id, checker.graph, checker.batches, checker.hasher)
     return found + list(checker._flush_links(rows))
 
 
@@ -291,7 +291,7 @@ def test_complete_runs_have_complete_paths_and_a_balanced_census(run_landscape, 
 
 def census(conn: Connection, run_id: str) -> list[PathProblem]:
     checker = paths.PathChecker(conn, run_id)
-    checks = paths._SetChecks(checker, paths._Rows.read(conn, run_id, checker.graph, checker.batches, checker.hasher))
+    checks = paths._SetChecks(checker, paths._Rows(conn, run_id, checker.graph, checker.batches, checker.hasher))
     return [] if checks._balanced() else [PathProblem("nodes", "census", "", -1, "", "unbalanced")]
 
 

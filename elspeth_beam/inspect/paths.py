@@ -22,8 +22,9 @@ every token's making) with the record at that next node finds a missing record o
 A record off the path — one nothing leads to — shows in a per-node census (as many records as
 arrivals); only when the census does not balance are records searched one by one. The hashes
 SQL cannot derive (canonical JSON of members' checkpoint rows and outputs' rows) are computed in
-Python, once per member and per output, and compared with what SQL says the token carried; a
-flush's links are derived per batch.
+Python, once per member and per output, kept compactly per aggregation (a run has about as many
+members as rows), and compared with what SQL says the token carried; a flush's input link is
+derived batch by batch as the database streams each batch's members in ordinal order.
 """
 
 from __future__ import annotations
@@ -162,42 +163,73 @@ _NO_BATCH = _Batch("", "", "", None, None)
 # ---- the set queries: which tokens' paths are not whole ---------------------------------
 
 
-@dataclass
 class _Rows:
     """The hashes only Python derives (canonical JSON), each row once: members' checkpoints and
-    outputs' rows. Per batch too, in ordinal order, for its flush's links."""
+    outputs' rows. Held per aggregation and token, compactly — a member's checkpoint hash as 32
+    bytes, its batch id the batch's own string — since a run has about as many members as rows;
+    a flush's links are streamed from the database batch by batch (``member_hashes``)."""
 
-    checkpoints: dict[tuple[str, str], str | None]  # (token, aggregation) → its buffered row's hash
-    memberships: dict[tuple[str, str], list[str]]  # (token, aggregation) → the batches it is a member of there
-    outputs: dict[tuple[str, str], str | None]  # (token, batch) → the output row's hash
-    made: dict[tuple[str, str], str | None]  # (token, aggregation) → the hash of its row as a batch's output
-    members_of: dict[str, list[tuple[int, str | None]]]  # batch → members' (ordinal, checkpoint hash)
-    outputs_of: dict[str, list[tuple[int, str | None]]]  # batch → outputs' (ordinal, row hash)
-    strays: set[str]  # tokens with a membership of no recorded batch at an aggregation (off any path)
-
-    @classmethod
-    def read(cls, conn: Connection, run_id: str, graph: RecordedGraph, batches: dict[str, _Batch], hasher: Hasher) -> _Rows:
+    def __init__(self, conn: Connection, run_id: str, graph: RecordedGraph, batches: dict[str, _Batch], hasher: Hasher) -> None:
         o, m, bo = s.token_outcomes, s.batch_members, s.batch_outputs
-        checkpoints = {(tid, node): _row_hash(token_json, hasher) for tid, node, token_json in fetch_tuples(conn,
-            select(o.c.token_id, o.c.node_id, o.c.token_json)
-            .where(o.c.run_id == run_id, o.c.outcome == "buffered", o.c.is_terminal == false())
-        )}
-        rows = cls(checkpoints, defaultdict(list), {}, {}, defaultdict(list), defaultdict(list), set())
-        aggregations = set(graph.of("aggregation"))
-        for batch_id, tid, ordinal in fetch_tuples(conn, select(m.c.batch_id, m.c.token_id, m.c.ordinal).where(m.c.run_id == run_id)):
+        self.conn, self.run_id, self.hasher = conn, run_id, hasher
+        self.checkpoints: dict[str, dict[str, bytes | None]] = defaultdict(dict)  # aggregation → token → its buffered row's hash
+        self.memberships: dict[str, dict[str, str | tuple[str, ...]]] = defaultdict(dict)  # aggregation → token → its batch(es) there
+        self.outputs: dict[tuple[str, str], str | None] = {}  # (token, batch) → the output row's hash
+        self.made: dict[tuple[str, str], str | None] = {}  # (token, aggregation) → the hash of its row as a batch's output
+        self.outputs_of: dict[str, list[tuple[int, str | None]]] = defaultdict(list)  # batch → outputs' (ordinal, row hash)
+        self.strays: set[str] = set()  # tokens with a membership of no recorded batch at an aggregation (off any path)
+        aggregations = {node: node for node in graph.of("aggregation")}  # one string per node, shared by every entry
+        for tid, node, token_json in fetch_tuples(conn, select(o.c.token_id, o.c.node_id, o.c.token_json).where(
+                o.c.run_id == run_id, o.c.outcome == "buffered", o.c.is_terminal == false())):
+            self.checkpoints[aggregations.get(node, node)][tid] = _digest_bytes(_row_hash(token_json, hasher))
+        names = {b: b for b in batches}
+        for batch_id, tid in fetch_tuples(conn, select(m.c.batch_id, m.c.token_id).where(m.c.run_id == run_id)):
             node = batches.get(batch_id, _NO_BATCH).node_id
             if node not in aggregations:
-                rows.strays.add(tid)
+                self.strays.add(tid)
                 continue
-            rows.memberships[(tid, node)].append(batch_id)
-            rows.members_of[batch_id].append((ordinal, checkpoints.get((tid, node))))
+            here = self.memberships[aggregations[node]]
+            known = here.get(tid)
+            batch_id = names[batch_id]
+            here[tid] = batch_id if known is None else (*((known,) if isinstance(known, str) else known), batch_id)
         for batch_id, tid, ordinal, token_json in fetch_tuples(conn,
             select(bo.c.batch_id, bo.c.token_id, bo.c.ordinal, bo.c.token_json).where(bo.c.run_id == run_id)
         ):
-            digest = rows.outputs[(tid, batch_id)] = _row_hash(token_json, hasher)
-            rows.made.setdefault((tid, batches.get(batch_id, _NO_BATCH).node_id), digest)
-            rows.outputs_of[batch_id].append((ordinal, digest))
-        return rows
+            digest = self.outputs[(tid, batch_id)] = _row_hash(token_json, hasher)
+            self.made.setdefault((tid, batches.get(batch_id, _NO_BATCH).node_id), digest)
+            self.outputs_of[batch_id].append((ordinal, digest))
+
+    def checkpoint(self, tid: str, node: str) -> str | None:
+        """The hash of the token's buffered row at the aggregation (None: none recorded)."""
+        digest = self.checkpoints.get(node, {}).get(tid)
+        return None if digest is None else digest.hex()
+
+    def member(self, tid: str, node: str) -> bool:
+        return tid in self.memberships.get(node, {})
+
+    def batches_of(self, batch_ids: str | tuple[str, ...]) -> list[str]:
+        return [batch_ids] if isinstance(batch_ids, str) else list(batch_ids)
+
+    def member_hashes(self) -> Iterator[tuple[str, list[str | None]]]:
+        """Each batch's members' checkpoint hashes in ordinal order, batch by batch as the
+        database hands them over (no per-batch lists kept)."""
+        m, b = s.batch_members, s.batches
+        stmt = (select(m.c.batch_id, m.c.token_id, b.c.aggregation_node_id)
+                .select_from(m.join(b, b.c.batch_id == m.c.batch_id))
+                .where(m.c.run_id == self.run_id).order_by(m.c.batch_id, m.c.ordinal))
+        current, hashes = None, []
+        for batch_id, tid, node in fetch_tuples(self.conn, stmt):
+            if batch_id != current:
+                if current is not None:
+                    yield current, hashes
+                current, hashes = batch_id, []
+            hashes.append(self.checkpoint(tid, node))
+        if current is not None:
+            yield current, hashes
+
+
+def _digest_bytes(digest: str | None) -> bytes | None:
+    return None if digest is None else bytes.fromhex(digest)
 
 
 class _SetChecks:
@@ -364,7 +396,7 @@ class _SetChecks:
             .where(m.c.run_id == self.run_id, self._current(b), nxt.is_not(None))
         )
         for tid, batch_id, node, status, to, found, input_hash in fetch_tuples(self.conn, stmt):
-            carried = self.rows.outputs.get((tid, batch_id)) if status == "completed" else self.rows.checkpoints.get((tid, node))
+            carried = self.rows.outputs.get((tid, batch_id)) if status == "completed" else self.rows.checkpoint(tid, node)
             self._arrive(tid, to, carried, found, input_hash, carried is None)
 
     def _off_path(self) -> None:
@@ -412,10 +444,11 @@ class _SetChecks:
                   .where(r.c.run_id == self.run_id, self._routed(p), self._single_route(r)).group_by(r.c.destination))
         for destination, n in fetch_tuples(self.conn, routed):
             arrivals[self.graph.targets.get(destination)] += n
-        for (_, node), batch_ids in self.rows.memberships.items():
-            records[node] += 1
+        for node, members in self.rows.memberships.items():
+            records[node] += len(members)
             if self.sends_on:
-                arrivals[self._sent_to(batch_ids)] += 1
+                for batch_ids in members.values():
+                    arrivals[self._sent_to(self.rows.batches_of(batch_ids))] += 1
         arrivals.pop(None, None)
         return arrivals == records
 
@@ -477,8 +510,8 @@ class _SetChecks:
         elif node is None:
             return
         elif node in self.aggregations:
-            digest = self.rows.checkpoints.get((tid, node))
-            if (tid, node) not in self.rows.memberships or digest is None or (carried is not None and digest != carried):
+            digest = self.rows.checkpoint(tid, node)
+            if not self.rows.member(tid, node) or digest is None or (carried is not None and digest != carried):
                 self.suspects.add(tid)
         elif not found or (carried is not None and input_hash != carried):
             self.suspects.add(tid)
@@ -612,7 +645,7 @@ class PathChecker:
         )}
 
     def problems(self) -> Iterator[PathProblem]:
-        rows = _Rows.read(self.conn, self.run_id, self.graph, self.batches, self.hasher)
+        rows = _Rows(self.conn, self.run_id, self.graph, self.batches, self.hasher)
         suspects = sorted(_SetChecks(self, rows).run())
         self.walked = self.conn.execute(select(func.count()).where(s.tokens.c.run_id == self.run_id)).scalar() or 0
         for chunk in _chunks(suspects):
@@ -772,19 +805,29 @@ class PathChecker:
     def _flush_links(self, rows: _Rows) -> Iterator[PathProblem]:
         """Each flush's input hash derives from its members' checkpoints, its output hash from its
         outputs' rows, each in ordinal order (per batch: batches are a few per cent of the rows)."""
-        for batch in self.batches.values():
-            flush = batch.flush
-            if flush is None:
-                continue
-            for side, of, recorded in (("input", rows.members_of, flush.input_hash), ("output", rows.outputs_of, flush.output_hash)):
-                ordered = [digest for _, digest in sorted(of.get(batch.batch_id, []), key=lambda pair: pair[0])]
-                if recorded is None or None in ordered or (side == "output" and flush.status != "completed"):
-                    continue  # nothing to derive, or a row is missing: reported with its token
-                if members_hash(ordered) != recorded:  # type: ignore[arg-type]
-                    yield PathProblem("node_states", flush.state_id, batch.batch_id, -1, batch.node_id,
-                                      f"the flush's {side} hash {_short(recorded)} is not derived from its "
-                                      f"{len(ordered)} {'members' if side == 'input' else 'outputs'}' rows in ordinal order",
-                                      missing=False)
+        seen = set()
+        for batch_id, hashes in rows.member_hashes():
+            seen.add(batch_id)
+            yield from self._flush_link(batch_id, "input", hashes)
+        for batch_id in self.batches.keys() - seen:  # a flush with no member recorded
+            yield from self._flush_link(batch_id, "input", [])
+        for batch_id in self.batches:
+            outputs = sorted(rows.outputs_of.get(batch_id, []), key=lambda pair: pair[0])
+            yield from self._flush_link(batch_id, "output", [digest for _, digest in outputs])
+
+    def _flush_link(self, batch_id: str, side: str, ordered: list[str | None]) -> Iterator[PathProblem]:
+        batch = self.batches.get(batch_id)
+        flush = batch.flush if batch is not None else None
+        if flush is None:
+            return
+        recorded = flush.input_hash if side == "input" else flush.output_hash
+        if recorded is None or None in ordered or (side == "output" and flush.status != "completed"):
+            return  # nothing to derive, or a row is missing: reported with its token
+        if members_hash(ordered) != recorded:  # type: ignore[arg-type]
+            yield PathProblem("node_states", flush.state_id, batch_id, -1, batch.node_id,
+                              f"the flush's {side} hash {_short(recorded)} is not derived from its "
+                              f"{len(ordered)} {'members' if side == 'input' else 'outputs'}' rows in ordinal order",
+                              missing=False)
 
 
 def _short(digest: str | None) -> str:
