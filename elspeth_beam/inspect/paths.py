@@ -165,15 +165,16 @@ _NO_BATCH = _Batch("", "", "", None, None)
 
 class _Rows:
     """The hashes only Python derives (canonical JSON), each row once: members' checkpoints and
-    outputs' rows. Held per aggregation and token, compactly — a member's checkpoint hash as 32
-    bytes, its batch id the batch's own string — since a run has about as many members as rows;
+    outputs' rows. Held per aggregation and token, compactly — one entry per member: its
+    checkpoint hash as 32 bytes and its batch id, the batch's own string — since a run has about
+    as many members as rows;
     a flush's links are streamed from the database batch by batch (``member_hashes``)."""
 
     def __init__(self, conn: Connection, run_id: str, graph: RecordedGraph, batches: dict[str, _Batch], hasher: Hasher) -> None:
         o, m, bo = s.token_outcomes, s.batch_members, s.batch_outputs
         self.conn, self.run_id, self.hasher = conn, run_id, hasher
-        self.checkpoints: dict[str, dict[str, bytes | None]] = defaultdict(dict)  # aggregation → token → its buffered row's hash
-        self.memberships: dict[str, dict[str, str | tuple[str, ...]]] = defaultdict(dict)  # aggregation → token → its batch(es) there
+        # aggregation → token → (its buffered row's hash, its batch or batches there; None: no membership)
+        self.arrivals: dict[str, dict[str, tuple[bytes | None, str | tuple[str, ...] | None]]] = defaultdict(dict)
         self.outputs: dict[tuple[str, str], str | None] = {}  # (token, batch) → the output row's hash
         self.made: dict[tuple[str, str], str | None] = {}  # (token, aggregation) → the hash of its row as a batch's output
         self.outputs_of: dict[str, list[tuple[int, str | None]]] = defaultdict(list)  # batch → outputs' (ordinal, row hash)
@@ -181,17 +182,17 @@ class _Rows:
         aggregations = {node: node for node in graph.of("aggregation")}  # one string per node, shared by every entry
         for tid, node, token_json in fetch_tuples(conn, select(o.c.token_id, o.c.node_id, o.c.token_json).where(
                 o.c.run_id == run_id, o.c.outcome == "buffered", o.c.is_terminal == false())):
-            self.checkpoints[aggregations.get(node, node)][tid] = _digest_bytes(_row_hash(token_json, hasher))
+            self.arrivals[aggregations.get(node, node)][tid] = (_digest_bytes(_row_hash(token_json, hasher)), None)
         names = {b: b for b in batches}
         for batch_id, tid in fetch_tuples(conn, select(m.c.batch_id, m.c.token_id).where(m.c.run_id == run_id)):
             node = batches.get(batch_id, _NO_BATCH).node_id
             if node not in aggregations:
                 self.strays.add(tid)
                 continue
-            here = self.memberships[aggregations[node]]
-            known = here.get(tid)
+            here = self.arrivals[aggregations[node]]
+            digest, known = here.get(tid, (None, None))
             batch_id = names[batch_id]
-            here[tid] = batch_id if known is None else (*((known,) if isinstance(known, str) else known), batch_id)
+            here[tid] = (digest, batch_id if known is None else (*((known,) if isinstance(known, str) else known), batch_id))
         for batch_id, tid, ordinal, token_json in fetch_tuples(conn,
             select(bo.c.batch_id, bo.c.token_id, bo.c.ordinal, bo.c.token_json).where(bo.c.run_id == run_id)
         ):
@@ -201,11 +202,18 @@ class _Rows:
 
     def checkpoint(self, tid: str, node: str) -> str | None:
         """The hash of the token's buffered row at the aggregation (None: none recorded)."""
-        digest = self.checkpoints.get(node, {}).get(tid)
+        digest = self.arrivals.get(node, {}).get(tid, (None, None))[0]
         return None if digest is None else digest.hex()
 
     def member(self, tid: str, node: str) -> bool:
-        return tid in self.memberships.get(node, {})
+        return self.arrivals.get(node, {}).get(tid, (None, None))[1] is not None
+
+    def memberships(self) -> Iterator[tuple[str, str | tuple[str, ...]]]:
+        """(aggregation, batch or batches) of every member token."""
+        for node, tokens in self.arrivals.items():
+            for _, batch_ids in tokens.values():
+                if batch_ids is not None:
+                    yield node, batch_ids
 
     def batches_of(self, batch_ids: str | tuple[str, ...]) -> list[str]:
         return [batch_ids] if isinstance(batch_ids, str) else list(batch_ids)
@@ -444,11 +452,10 @@ class _SetChecks:
                   .where(r.c.run_id == self.run_id, self._routed(p), self._single_route(r)).group_by(r.c.destination))
         for destination, n in fetch_tuples(self.conn, routed):
             arrivals[self.graph.targets.get(destination)] += n
-        for node, members in self.rows.memberships.items():
-            records[node] += len(members)
+        for node, batch_ids in self.rows.memberships():
+            records[node] += 1
             if self.sends_on:
-                for batch_ids in members.values():
-                    arrivals[self._sent_to(self.rows.batches_of(batch_ids))] += 1
+                arrivals[self._sent_to(self.rows.batches_of(batch_ids))] += 1
         arrivals.pop(None, None)
         return arrivals == records
 
