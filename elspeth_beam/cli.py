@@ -137,6 +137,11 @@ def _plugins_parser(plg: argparse.ArgumentParser) -> None:
     plg.add_argument("--json", action="store_true", help="print the list as JSON (each plugin's kind, origin and options)")
 
 
+def _schema_parser(sch: argparse.ArgumentParser) -> None:
+    sch.add_argument("--builtin", action="store_true",
+                     help="only the built-in plugins' options (the schema the package ships, elspeth_beam/config/pipeline.schema.json)")
+
+
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {
     "run": (_run_parser, "run a pipeline; Beam options may follow (e.g. --runner X); any after -- go to Beam unchecked"),
     "validate": (_validate_parser, "check a pipeline YAML without running it, and print its graph"),
@@ -150,6 +155,7 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {
     "export": (_export_parser, "write every Landscape table of a run to typed files plus a manifest"),
     "report": (_report_parser, "write a run's Landscape as one static HTML page (graph, counts, batches, reasons)"),
     "plugins": (_plugins_parser, "list the built-in and installed plugins with their options"),
+    "schema": (_schema_parser, "print the JSON Schema of pipeline files, for editors (# yaml-language-server: $schema=FILE)"),
 }
 
 
@@ -429,6 +435,13 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from elspeth_beam.config.json_schema import schema_text
+
+    print(schema_text(installed=not args.builtin), end="")
+    return EXIT_OK
+
+
 def _quiet_beam_import_noise(record: logging.LogRecord) -> bool:
     """Beam warns about optional Google Cloud libraries on every run; they are not needed."""
     return "apitools not found" not in record.getMessage()
@@ -508,6 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "report": lambda: _cmd_report(args),
         "bench": lambda: _cmd_bench(args, beam_args),
         "plugins": lambda: _cmd_plugins(args),
+        "schema": lambda: _cmd_schema(args),
     }
     try:
         return commands[args.command]()

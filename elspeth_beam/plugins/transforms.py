@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
 from elspeth_beam.core.errors import RowError
 from elspeth_beam.plugins.base import PluginOptions, TransformPlugin
@@ -71,7 +71,9 @@ class Coerce(TransformPlugin):
 
 
 class ComputedOptions(PluginOptions):
-    fields: dict[str, Expression] = Field(description="new field → expression over `row` (evaluated in order)")
+    fields: Annotated[dict[str, Expression], WithJsonSchema({  # as written in YAML: expressions as text
+        "type": "object", "minProperties": 1, "additionalProperties": {"type": ["string", "number", "boolean"]}})] = Field(
+        description="new field → expression over `row` (evaluated in order)")
 
     model_config = PluginOptions.model_config | {"arbitrary_types_allowed": True}
 
