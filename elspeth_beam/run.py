@@ -32,7 +32,7 @@ from elspeth_beam.core.errors import AuditLogExistsError, ElspethError, Pipeline
 from elspeth_beam.core.timestamps import utc_now
 from elspeth_beam.landscape import schema as s
 from elspeth_beam.auditlog import segments
-from elspeth_beam.auditlog.digest import DIGESTED_IN_PIPELINE_PROCESS, EVENT_TABLES, digest_tables_apart
+from elspeth_beam.auditlog.digest import DIGESTED_IN_PIPELINE_PROCESS, EVENT_TABLES, digest_tables_apart, finish_run
 from elspeth_beam.landscape.store import DEFAULT_URL, LandscapeStore, absolute_url, normalize_url
 from elspeth_beam.auditlog.loader import load_committed, load_records
 from elspeth_beam.auditlog.records import tables_of
@@ -285,7 +285,7 @@ def _run_recorded(
     except Exception as exc:
         if _is_interrupt(exc):
             raise
-        store.finish_run(run_id, RunStatus.FAILED.value, {"error": _root_message(exc)})
+        finish_run(store, run_id, RunStatus.FAILED.value, {"error": _root_message(exc)})
         raise PipelineFailedError(f"run {run_id} failed: {_root_message(exc)}") from exc
     with phases("catch-up"):
         catch_up(store, loaded, run_id)
@@ -304,7 +304,7 @@ def _run_recorded(
     status = RunStatus.COMPLETED if reason is None else RunStatus.FAILED
     parts = parts_rule(status, keep_parts)
     with phases("finish"):
-        store.finish_run(run_id, status.value, {**summary, "verify_problems": report.problems, "status_reason": reason,
+        finish_run(store, run_id, status.value, {**summary, "verify_problems": report.problems, "status_reason": reason,
                                                 "sink_parts": parts}, digested)
     with phases("remove parts"):
         remove_parts(store, loaded, run_id, parts)

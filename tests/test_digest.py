@@ -30,6 +30,7 @@ from elspeth_beam.auditlog.digest import (
     canonical_version,
     check_digest,
     digest_tables_apart,
+    finish_run,
     key_columns,
     hashed_columns,
     record_encoder,
@@ -521,7 +522,7 @@ def test_failed_run_is_digested_resume_reopens_and_its_finish_digests_again(tmp_
                             "config_json": "{}", "config_hash": "c", "position": 0}], edges=[])
     rec.write(store, _events("r")[:2])
     assert verify_run(store, "r").digest.root is None  # running: no digest yet, and not a problem of its own
-    store.finish_run("r", "failed", {"error": "boom"})
+    finish_run(store, "r", "failed", {"error": "boom"})
     failed_root = store.run("r")["digest_root"]
     assert failed_root is not None
 
@@ -530,7 +531,7 @@ def test_failed_run_is_digested_resume_reopens_and_its_finish_digests_again(tmp_
     assert store.table_rows(s.record_digests, "r") == []
     rec.write(store, _events("r")[2:])  # what the resumed run adds is not "added": no digest to add to
     assert "digest:  none" in verify_run(store, "r").text()
-    store.finish_run("r", "completed", {})
+    finish_run(store, "r", "completed", {})
     report = verify_run(store, "r")
     assert report.digest.root not in (None, failed_root)
     assert [p for p in report.problems if "digest" in p] == []

@@ -1,6 +1,6 @@
 """Tamper evidence: a Merkle tree over every audit record of a finished run.
 
-At run end (``LandscapeStore.finish_run``) the run is sealed: one root in ``runs.digest_root``
+At run end (``finish_run``) the run is sealed: one root in ``runs.digest_root``
 that every record reaches, so ``verify`` can name a record that changed since and ``prove``
 can show one source row's records are in the root without the rest of the database. The
 trees are RFC 6962's with sha256 (``auditlog/merkle.py``): a leaf ``H(0x00 ‖ d)``, a node
@@ -60,7 +60,7 @@ from elspeth_beam.core.canonical import (
 from elspeth_beam.core.enums import RunStatus
 from elspeth_beam.core.errors import LandscapeError
 from elspeth_beam.landscape import schema as s
-from elspeth_beam.landscape.store import RUN_TABLES, fetch_tuples, make_engine, run_rows
+from elspeth_beam.landscape.store import FINAL_STATUSES, RUN_TABLES, LandscapeStore, fetch_tuples, make_engine, run_rows
 
 FORMAT = 4  # Merkle trees; 3: flat lists, the manifest names its canonical version; 2: canonical 1 implied; 1: mappings
 SEGMENT = 4096
@@ -389,6 +389,19 @@ def run_tree(tables: dict[str, dict[str, Any]], version: int = CANONICAL_VERSION
 def run_root(tables: dict[str, dict[str, Any]], version: int = CANONICAL_VERSION) -> str:
     """``runs.digest_root`` in format 4: the root of ``run_tree``, in hex."""
     return merkle.root(run_tree(tables, version)[1][0]).hex()
+
+
+def finish_run(store: LandscapeStore, run_id: str, status: str, summary: dict[str, Any],
+               digested: dict[str, dict[str, Any]] | None = None) -> None:
+    """Mark the run finished and, in the same transaction, seal a final one (completed or
+    failed): its records digested and the manifest stored, so verify can tell later edits
+    from what the run wrote. ``digested``: manifest entries of tables digested already
+    (``digest_tables_apart``, by this process and the writer process); the rest are digested here."""
+    with store.engine.begin() as conn:
+        store.mark_finished(conn, run_id, status, summary)
+        if status in FINAL_STATUSES:
+            write_digest(conn, run_id, digested)
+    store.checkpoint()
 
 
 def write_digest(conn: Connection, run_id: str, done: dict[str, dict[str, Any]] | None = None) -> str:

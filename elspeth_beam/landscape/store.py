@@ -22,7 +22,7 @@ from elspeth_beam.landscape import DEFAULT_PATH
 from elspeth_beam.landscape import schema as s
 
 DEFAULT_URL = f"sqlite:///{DEFAULT_PATH}"
-FINAL_STATUSES = (RunStatus.COMPLETED.value, RunStatus.FAILED.value)  # digested at finish (auditlog/digest.py)
+FINAL_STATUSES = (RunStatus.COMPLETED.value, RunStatus.FAILED.value)  # sealed at finish (auditlog/digest.finish_run)
 
 
 def normalize_url(url_or_path: str) -> str:
@@ -171,23 +171,14 @@ class LandscapeStore:
             f"choose another --run-id or leave it out. `elspeth-beam resume {run_id}` continues an unfinished run"
         )
 
-    def finish_run(self, run_id: str, status: str, summary: dict[str, Any],
-                   digested: dict[str, dict[str, Any]] | None = None) -> None:
-        """Mark the run finished and, in the same transaction, digest its records and store the
-        manifest (auditlog/digest.py), so verify can tell later edits from what the run wrote.
-        ``digested``: manifest entries of tables digested already (``digest_tables_apart``, by
-        this process and the writer process); the rest are digested here."""
-        from elspeth_beam.auditlog.digest import write_digest
-
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(s.runs)
-                .where(s.runs.c.run_id == run_id)
-                .values(status=status, completed_at=utc_now(), summary_json=json.dumps(summary, sort_keys=True))
-            )
-            if status in FINAL_STATUSES:
-                write_digest(conn, run_id, digested)
-        self.checkpoint()
+    def mark_finished(self, conn: Connection, run_id: str, status: str, summary: dict[str, Any]) -> None:
+        """The runs row as a finished run leaves it, on the caller's transaction: the seal
+        (``auditlog/digest.finish_run``) is written in the same one."""
+        conn.execute(
+            update(s.runs)
+            .where(s.runs.c.run_id == run_id)
+            .values(status=status, completed_at=utc_now(), summary_json=json.dumps(summary, sort_keys=True))
+        )
 
     def checkpoint(self) -> None:
         """SQLite: fold the write-ahead log into the database file (the run checkpoints
