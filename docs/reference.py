@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from elspeth_beam.cli import build_parser
 from elspeth_beam.config.settings import PipelineSettings
 from elspeth_beam.landscape import schema as landscape_schema
-from elspeth_beam.plugins.catalog import _type_name, catalog
+from elspeth_beam.plugins.catalog import catalog, type_name
 
 PAGES = {
     "reference/pipeline.md": "pipeline_page",
@@ -109,7 +109,7 @@ def _annotation_text(annotation: Any, metadata: Any = ()) -> str:
         return f"mapping of {_annotation_text(args[0])} to {_annotation_text(args[1])}"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "mapping (below)"
-    name = {str: "string", int: "integer", float: "number", bool: "boolean"}.get(annotation) or _type_name(annotation)
+    name = {str: "string", int: "integer", float: "number", bool: "boolean"}.get(annotation) or type_name(annotation)
     return " ".join([name, *limits]) if limits else name
 
 

@@ -70,11 +70,12 @@ def _describe(kind: str, name: str, cls: type[Plugin], origin: str) -> PluginInf
 def _option(field_name: str, field: FieldInfo) -> OptionInfo:
     required = field.is_required()
     default = None if required else field.get_default(call_default_factory=True)
-    return OptionInfo(name=field.alias or field_name, type=_type_name(field.annotation), required=required,
+    return OptionInfo(name=field.alias or field_name, type=type_name(field.annotation), required=required,
                       default=_jsonable(default), description=field.description or "")
 
 
-def _type_name(annotation: Any) -> str:
+def type_name(annotation: Any) -> str:
+    """An annotation as the listing shows it: ``int``, ``dict[str, str]``, ``Literal[...]``."""
     if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
         return annotation.__name__
     return _MODULE_PATH.sub(r"\1", str(annotation))
