@@ -308,19 +308,18 @@ class _TreeRoot:
 
     def add_chunk(self, _text: str, entries: Sequence[tuple[str, str]]) -> list[bytes] | None:
         """Join a stored segment; its leaves (None if one is not a hash)."""
-        self.count += len(entries)
         try:
             leaves = _leaves(entries)
         except ValueError:  # an entry edited to something that is not a hash
             self._broken = True
+            self.count += len(entries)
             return None
-        self.add_leaves(leaves, counted=True)
+        self.add_leaves(leaves)
         return leaves
 
-    def add_leaves(self, leaves: list[bytes], *, counted: bool = False) -> None:
+    def add_leaves(self, leaves: list[bytes]) -> None:
         """Join a stored segment already read as leaf bytes."""
-        if not counted:
-            self.count += len(leaves)
+        self.count += len(leaves)
         self._roots.append(merkle.root(leaves))
 
     def entry(self) -> dict[str, Any]:

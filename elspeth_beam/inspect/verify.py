@@ -25,6 +25,7 @@ import multiprocessing
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,12 +168,18 @@ def _digest_check(store: LandscapeStore, run: dict[str, Any], expected: str | No
             def result() -> DigestCheck:
                 try:
                     return future.result()
+                except BrokenProcessPool:  # the helper died (killed, out of memory): check here
+                    return _check_here(store, run, expected)
                 finally:
                     pool.shutdown()
             return result
-    with store.engine.connect() as conn:
-        check = check_digest(conn, run, expected)
+    check = _check_here(store, run, expected)
     return lambda: check
+
+
+def _check_here(store: LandscapeStore, run: dict[str, Any], expected: str | None) -> DigestCheck:
+    with store.engine.connect() as conn:
+        return check_digest(conn, run, expected)
 
 
 DIGEST_APART_FROM = 200_000

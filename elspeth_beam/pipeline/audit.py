@@ -143,24 +143,27 @@ class AuditedDoFn(beam.DoFn):
         state_id = ids.state_id(subject, self.ctx.node_id, attempt)
         started_at = now_us()
         t0 = time.perf_counter()
+        error: dict[str, Any] | None = None
         try:
             output = work()
             digest = output_hash(output)
         except Exception as exc:  # a plugin's failure is data for the audit, not a crash
-            error = error_info(exc, self.ctx.node_id)
-            self.record(_STATE((state_id, self.ctx.run_id, token_id, batch_id, self.ctx.node_id, attempt, _FAILED,
-                                input_hash, None, (time.perf_counter() - t0) * 1000.0, _json(error), started_at,
-                                now_us())))
-            return StepResult(state_id, None, error)
-        self.record(_STATE((state_id, self.ctx.run_id, token_id, batch_id, self.ctx.node_id, attempt, _COMPLETED,
-                            input_hash, digest, (time.perf_counter() - t0) * 1000.0, None, started_at, now_us())))
-        return StepResult(state_id, output)
+            output, digest, error = None, None, error_info(exc, self.ctx.node_id)
+        self._record_state(state_id, token_id, batch_id, attempt, input_hash, digest,
+                           (time.perf_counter() - t0) * 1000.0, error, started_at)
+        return StepResult(state_id, output, error)
 
     def record_state(self, *, state_id: str, token_id: str, input_hash: str, output_hash: str, duration_ms: float,
                      started_at: int) -> None:
         """Record a completed node_state of this node on a token, attempt 1 (a sink's rows)."""
-        self.record(_STATE((state_id, self.ctx.run_id, token_id, None, self.ctx.node_id, 1, _COMPLETED, input_hash,
-                            output_hash, duration_ms, None, started_at, now_us())))
+        self._record_state(state_id, token_id, None, 1, input_hash, output_hash, duration_ms, None, started_at)
+
+    def _record_state(self, state_id: str, token_id: str | None, batch_id: str | None, attempt: int,
+                      input_hash: str | None, output_hash: str | None, duration_ms: float,
+                      error: dict[str, Any] | None, started_at: int) -> None:
+        self.record(_STATE((state_id, self.ctx.run_id, token_id, batch_id, self.ctx.node_id, attempt,
+                            _FAILED if error else _COMPLETED, input_hash, output_hash, duration_ms, _json(error),
+                            started_at, now_us())))
 
     # ---- tokens and outcomes ------------------------------------------------------------
 

@@ -83,7 +83,7 @@ class SourceDoFn(AuditedDoFn):
                 raise record.error
             if record.error is not None:
                 raise RowError(record.error)
-            return token_of(record.row, parsed_hash) if record.row is not None else token_of({})
+            return token_of(record.row or {}, parsed_hash)  # no row: no hash (an empty one's is {}'s)
 
         step = self.execute(token_id=token_id, input_hash=raw_hash, work=parse, output_hash=token_row_hash)
         if step.ok:
